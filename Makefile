@@ -1,0 +1,43 @@
+# rptdose — set-up and the everyday commands. Everything is installed into .venv by these targets.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# The CPU build of torch is installed first and pinned, so that the package's own `torch`
+# requirement is already satisfied and no multi-GB CUDA build is pulled in.
+TORCH  := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-slow test-all bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Default suite: everything but tests marked slow (kept under ~15 min on 2 cores).
+test: setup
+	$(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+# Only the tests marked slow (CI runs them after `make test`).
+test-slow: setup
+	$(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+
+# Everything, slow and Monte Carlo tests included.
+test-all: setup
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m bench
+
+lint: setup
+	$(VENV)/bin/ruff check dosimetry planning phantoms cli tests bench
+	$(VENV)/bin/ruff format --check dosimetry planning phantoms cli tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

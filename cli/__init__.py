@@ -1,0 +1,1 @@
+"""The ``rptdose`` command-line interface (thin: parse, call a library function, print)."""

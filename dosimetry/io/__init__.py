@@ -1,0 +1,1 @@
+"""Image and DICOM input/output."""

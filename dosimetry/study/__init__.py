@@ -1,0 +1,1 @@
+"""The study: manifest model, ingestion from scanner exports, loading its images."""

@@ -1,0 +1,1 @@
+"""rptdose digital patients: anatomy, kinetics, SPECT acquisition simulation, writers, truth."""

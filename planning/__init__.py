@@ -1,0 +1,1 @@
+"""rptdose planning: radiobiology, protocols and limits, activity optimiser, workflow, report."""
