@@ -37,7 +37,6 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check dosimetry planning phantoms cli tests bench
-	$(VENV)/bin/ruff format --check dosimetry planning phantoms cli tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

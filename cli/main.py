@@ -47,9 +47,15 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version_callback,
-                                          is_eager=True, help="Print the version and exit.")]
-    = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
 ) -> None:
     """rptdose: from a multi-timepoint quantitative SPECT/CT study to absorbed dose and a plan."""
 
@@ -58,10 +64,10 @@ def _root(
 @app.command("nuclide")
 def nuclide_cmd(
     name: Annotated[str, typer.Argument(help="Nuclide, e.g. Lu-177, Lu177, 177Lu, I-131.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-    = False,
-    min_yield: Annotated[float, typer.Option(help="Hide lines below this yield per decay.")]
-    = 0.001,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    min_yield: Annotated[
+        float, typer.Option(help="Hide lines below this yield per decay.")
+    ] = 0.001,
 ) -> None:
     """Print ICRP-107 decay data: half-life, mean energies per decay, emission lines."""
     from dosimetry import units
@@ -72,16 +78,26 @@ def nuclide_cmd(
         out.print_json(json.dumps(nuc.to_dict()))
         return
     hl = nuc.half_life_s
-    out.print(f"[bold]{nuc.name}[/bold]  half-life {hl / units.DAY:.4g} d "
-              f"({hl / units.HOUR:.5g} h, {hl:.6g} s)")
+    out.print(
+        f"[bold]{nuc.name}[/bold]  half-life {hl / units.DAY:.4g} d "
+        f"({hl / units.HOUR:.5g} h, {hl:.6g} s)"
+    )
     out.print(f"  electrons (β + IC + Auger): {nuc.electron_energy_mev_per_decay:.5f} MeV/decay")
     out.print(f"  photons   (γ + X):          {nuc.photon_energy_mev_per_decay:.5f} MeV/decay")
-    table = Table("radiation", "energy [keV]", "yield [%]", title=f"lines with yield ≥ "
-                  f"{min_yield:.3g} per decay", title_justify="left")
+    table = Table(
+        "radiation",
+        "energy (keV)",
+        "yield (%)",
+        title=f"lines with yield ≥ {min_yield:.3g} per decay",
+        title_justify="left",
+    )
     for line in sorted(nuc.lines, key=lambda x: (x.radiation, x.energy_mev)):
         if line.yield_per_decay >= min_yield:
-            table.add_row(str(line.radiation), f"{line.energy_mev * 1e3:.3f}",
-                          f"{line.yield_per_decay * 100:.4g}")
+            table.add_row(
+                str(line.radiation),
+                f"{line.energy_mev * 1e3:.3f}",
+                f"{line.yield_per_decay * 100:.4g}",
+            )
     out.print(table)
     out.print("source: ICRP Publication 107 (doi:10.1016/j.icrp.2008.10.004)")
 
@@ -93,30 +109,46 @@ def _parse_datetime(value: str | None, option: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an ISO date-time such as 2024-05-01T09:30",
-                                 param_hint=option) from None
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO date-time such as 2024-05-01T09:30", param_hint=option
+        ) from None
 
 
 @app.command("ingest")
 def ingest_cmd(
     dicom_dir: Annotated[Path, typer.Argument(help="Folder exported from the scanner.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Manifest to write (.yaml/.json).")]
-    = Path("study.yaml"),
-    injection_time: Annotated[str | None, typer.Option(
-        help="Injection date-time (ISO 8601, scanner local time) when the files lack it.")] = None,
-    injected_activity_mbq: Annotated[float | None, typer.Option(
-        help="Administered activity [MBq] when the files lack it.", min=0.0)] = None,
-    calibration_cps_per_mbq: Annotated[float | None, typer.Option(
-        help="SPECT sensitivity [cps/MBq] for images in counts.", min=0.0)] = None,
-    frame_duration_s: Annotated[float | None, typer.Option(
-        help="Acquisition duration [s] for images in counts when the files lack it.",
-        min=0.0)] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Manifest to write (.yaml/.json).")
+    ] = Path("study.yaml"),
+    injection_time: Annotated[
+        str | None,
+        typer.Option(
+            help="Injection date-time (ISO 8601, scanner local time) when the files lack it."
+        ),
+    ] = None,
+    injected_activity_mbq: Annotated[
+        float | None,
+        typer.Option(help="Administered activity [MBq] when the files lack it.", min=0.0),
+    ] = None,
+    calibration_cps_per_mbq: Annotated[
+        float | None,
+        typer.Option(help="SPECT sensitivity [cps/MBq] for images in counts.", min=0.0),
+    ] = None,
+    frame_duration_s: Annotated[
+        float | None,
+        typer.Option(
+            help="Acquisition duration [s] for images in counts when the files lack it.", min=0.0
+        ),
+    ] = None,
     nuclide: Annotated[str | None, typer.Option(help="Nuclide, e.g. Lu-177.")] = None,
     radiopharmaceutical: Annotated[str | None, typer.Option(help="e.g. DOTATATE.")] = None,
-    patient_id: Annotated[str | None, typer.Option(
-        help="Pseudonym to record (default: derived from the DICOM PatientID).")] = None,
-    allow_mixed_patients: Annotated[bool, typer.Option(
-        help="Accept a folder holding several patients.")] = False,
+    patient_id: Annotated[
+        str | None,
+        typer.Option(help="Pseudonym to record (default: derived from the DICOM PatientID)."),
+    ] = None,
+    allow_mixed_patients: Annotated[
+        bool, typer.Option(help="Accept a folder holding several patients.")
+    ] = False,
 ) -> None:
     """Scan a DICOM export, pair SPECT with CT per timepoint, and write a study manifest."""
     from dosimetry.study.ingest import ingest_dicom, require_complete
@@ -128,34 +160,62 @@ def ingest_cmd(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = ingest_dicom(
-            dicom_dir, output, injection_datetime=inj,
+            dicom_dir,
+            output,
+            injection_datetime=inj,
             injected_activity_mbq=injected_activity_mbq,
-            calibration_cps_per_mbq=calibration_cps_per_mbq, frame_duration_s=frame_duration_s,
-            nuclide=nuclide, radiopharmaceutical=radiopharmaceutical, patient_id=patient_id,
+            calibration_cps_per_mbq=calibration_cps_per_mbq,
+            frame_duration_s=frame_duration_s,
+            nuclide=nuclide,
+            radiopharmaceutical=radiopharmaceutical,
+            patient_id=patient_id,
             allow_mixed_patients=allow_mixed_patients,
         )
-    table = Table("modality", "series", "acquired", "images", "frame of ref.", "note",
-                  title=f"DICOM series in {dicom_dir}", title_justify="left")
+    table = Table(
+        "modality",
+        "series",
+        "acquired",
+        "images",
+        "frame of ref.",
+        "note",
+        title=f"DICOM series in {dicom_dir}",
+        title_justify="left",
+    )
     for row in result.rows:
         table.add_row(*row)
     out.print(table)
     if result.timepoints:
-        tps = Table("timepoint", "SPECT", "acquired", "units", "CT", "RTSTRUCT",
-                    title="timepoints", title_justify="left")
+        tps = Table(
+            "timepoint",
+            "SPECT",
+            "acquired",
+            "units",
+            "CT",
+            "RTSTRUCT",
+            title="timepoints",
+            title_justify="left",
+        )
         for c in result.timepoints:
-            tps.add_row(c.label, c.spect_description or c.spect_series_uid,
-                        c.acquisition_datetime.strftime("%Y-%m-%d %H:%M")
-                        if c.acquisition_datetime else "-", c.units,
-                        "yes" if c.ct_series_uid else "[red]missing[/red]",
-                        "yes" if c.rtstruct_series_uid else "-")
+            tps.add_row(
+                c.label,
+                c.spect_description or c.spect_series_uid,
+                c.acquisition_datetime.strftime("%Y-%m-%d %H:%M")
+                if c.acquisition_datetime
+                else "-",
+                c.units,
+                "yes" if c.ct_series_uid else "[red]missing[/red]",
+                "yes" if c.rtstruct_series_uid else "-",
+            )
         out.print(tps)
     messages = list(result.warnings)
     messages += [str(w.message) for w in caught if str(w.message) not in messages]
     for m in messages:
         _warn(m)
     study = require_complete(result)
-    out.print(f"wrote {output} ({len(study.timepoints)} timepoint(s), {study.nuclide}, "
-              f"{study.administered_activity_mbq:.1f} MBq, patient {study.patient_id})")
+    out.print(
+        f"wrote {output} ({len(study.timepoints)} timepoint(s), {study.nuclide}, "
+        f"{study.administered_activity_mbq:.1f} MBq, patient {study.patient_id})"
+    )
 
 
 @app.command("validate")
@@ -169,8 +229,10 @@ def validate_cmd(
     for w in check_study_files(study, manifest.resolve().parent):
         _warn(w)
     times = ", ".join(f"{t / 3600:.1f} h" for t in study.times_after_injection_s())
-    out.print(f"{manifest}: valid — {study.nuclide} {study.radiopharmaceutical}, "
-              f"{study.administered_activity_mbq:.1f} MBq, timepoints at {times}")
+    out.print(
+        f"{manifest}: valid — {study.nuclide} {study.radiopharmaceutical}, "
+        f"{study.administered_activity_mbq:.1f} MBq, timepoints at {times}"
+    )
 
 
 # ----------------------------------------------------------------------------------- entry
@@ -194,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("RPTDOSE_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
-                  "(set RPTDOSE_DEBUG=1 for the traceback)")
+        err.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
+            "(set RPTDOSE_DEBUG=1 for the traceback)"
+        )
         return 3
     return 0
 

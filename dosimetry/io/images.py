@@ -21,11 +21,16 @@ from dosimetry.io.atomic import atomic_path
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 
 _BYTES_PER_PIXEL = {
-    "8-bit unsigned integer": 1, "8-bit signed integer": 1,
-    "16-bit unsigned integer": 2, "16-bit signed integer": 2,
-    "32-bit unsigned integer": 4, "32-bit signed integer": 4,
-    "64-bit unsigned integer": 8, "64-bit signed integer": 8,
-    "32-bit float": 4, "64-bit float": 8,
+    "8-bit unsigned integer": 1,
+    "8-bit signed integer": 1,
+    "16-bit unsigned integer": 2,
+    "16-bit signed integer": 2,
+    "32-bit unsigned integer": 4,
+    "32-bit signed integer": 4,
+    "64-bit unsigned integer": 8,
+    "64-bit signed integer": 8,
+    "32-bit float": 4,
+    "64-bit float": 8,
 }
 
 
@@ -76,7 +81,9 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_image(path: str | os.PathLike[str], pixel_type: int | None = sitk.sitkFloat32) -> sitk.Image:
+def read_image(
+    path: str | os.PathLike[str], pixel_type: int | None = sitk.sitkFloat32
+) -> sitk.Image:
     """Read a NIfTI/MHD/MHA/NRRD image.
 
     Parameters
@@ -101,7 +108,8 @@ def read_image(path: str | os.PathLike[str], pixel_type: int | None = sitk.sitkF
         raise InputError(f"{path}: image file not found")
     if _suffix(path) not in IMAGE_SUFFIXES:
         raise InputError(
-            f"{path}: unknown image format {path.suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+            f"{path}: unknown image format {path.suffix!r}; "
+            f"expected one of {', '.join(IMAGE_SUFFIXES)}"
         )
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -111,7 +119,9 @@ def read_image(path: str | os.PathLike[str], pixel_type: int | None = sitk.sitkF
         raise InputError(f"{path}: cannot read image header ({_first_line(exc)})") from exc
     size = reader.GetSize()
     if len(size) != 3:
-        raise InputError(f"{path}: expected a 3D image, the header declares {len(size)}D size {size}")
+        raise InputError(
+            f"{path}: expected a 3D image, the header declares {len(size)}D size {size}"
+        )
     n_comp = reader.GetNumberOfComponents()
     bpp = _BYTES_PER_PIXEL.get(sitk.GetPixelIDValueAsString(reader.GetPixelID()), 8)
     check_allocation(int(np.prod(size, dtype=np.int64)) * n_comp, max(bpp, 4), str(path))
@@ -133,7 +143,8 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str], compress: bool 
     suffix = _suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise InputError(
-            f"{path}: unknown image format {path.suffix!r}; expected one of {', '.join(IMAGE_SUFFIXES)}"
+            f"{path}: unknown image format {path.suffix!r}; "
+            f"expected one of {', '.join(IMAGE_SUFFIXES)}"
         )
     if suffix == ".mhd":
         # MetaImage header + raw pair: write both to a private folder, then move the raw first
@@ -182,9 +193,13 @@ def overlap_fraction(a: sitk.Image, b: sitk.Image) -> float:
     return float(np.prod(inter)) / vol_a if vol_a > 0 else 0.0
 
 
-def require_same_grid(a: sitk.Image, b: sitk.Image, what_a: str, what_b: str,
-                      tol_mm: float = 1e-3) -> None:
-    """Raise :class:`GeometryError` unless ``a`` and ``b`` share size, spacing, origin, direction."""
+def require_same_grid(
+    a: sitk.Image, b: sitk.Image, what_a: str, what_b: str, tol_mm: float = 1e-3
+) -> None:
+    """Raise :class:`GeometryError` unless ``a`` and ``b`` share the same grid.
+
+    Size, spacing, origin and direction are compared (``tol_mm`` for lengths and cosines).
+    """
     if a.GetSize() != b.GetSize():
         raise GeometryError(f"{what_a} has size {a.GetSize()}, {what_b} has {b.GetSize()}")
     for name, va, vb in (
@@ -193,8 +208,10 @@ def require_same_grid(a: sitk.Image, b: sitk.Image, what_a: str, what_b: str,
         ("direction", a.GetDirection(), b.GetDirection()),
     ):
         if not np.allclose(va, vb, atol=tol_mm):
-            raise GeometryError(f"{what_a} {name} {tuple(round(v, 4) for v in va)} differs from "
-                                f"{what_b} {name} {tuple(round(v, 4) for v in vb)}")
+            raise GeometryError(
+                f"{what_a} {name} {tuple(round(v, 4) for v in va)} differs from "
+                f"{what_b} {name} {tuple(round(v, 4) for v in vb)}"
+            )
 
 
 def _first_line(exc: BaseException) -> str:

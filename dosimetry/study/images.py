@@ -34,13 +34,16 @@ def _dicom_series(ref: ImageRef, base_dir: Path, modality: tuple[str, ...]):
         raise InputError(f"{path}: no DICOM {want} found there")
     if len(series) > 1:
         uids = ", ".join(s.series_uid for s in series)
-        raise InputError(f"{path}: holds {len(series)} {'/'.join(modality)} series ({uids}); "
-                         "set series_uid in the manifest to pick one")
+        raise InputError(
+            f"{path}: holds {len(series)} {'/'.join(modality)} series ({uids}); "
+            "set series_uid in the manifest to pick one"
+        )
     return series[0]
 
 
-def image_bounds(ref: ImageRef, base_dir: str | os.PathLike[str]
-                 ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+def image_bounds(
+    ref: ImageRef, base_dir: str | os.PathLike[str]
+) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Axis-aligned bounding box (mm, x/y/z, outer voxel faces) of an image, from headers only."""
     base = Path(base_dir)
     path = ref.resolve(base)
@@ -85,8 +88,9 @@ def load_image(ref: ImageRef, base_dir: str | os.PathLike[str]) -> sitk.Image:
     return read_nm_image(info).image
 
 
-def load_spect_bq_per_ml(study: Study, timepoint: Timepoint | str,
-                         base_dir: str | os.PathLike[str]) -> sitk.Image:
+def load_spect_bq_per_ml(
+    study: Study, timepoint: Timepoint | str, base_dir: str | os.PathLike[str]
+) -> sitk.Image:
     """A timepoint's SPECT as activity concentration [Bq/mL] at the acquisition time.
 
     Counts are converted as ``C / (t_frame · S) / V_voxel`` with ``S`` the calibration factor

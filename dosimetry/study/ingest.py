@@ -38,12 +38,36 @@ MAX_CT_GAP = timedelta(hours=6)
 
 # Element names as DICOM CID 4020 code meanings spell them ("^177^Lutetium", "99m Technetium").
 _ELEMENTS = {
-    "actinium": "Ac", "astatine": "At", "bismuth": "Bi", "carbon": "C", "copper": "Cu",
-    "erbium": "Er", "fluorine": "F", "gallium": "Ga", "holmium": "Ho", "indium": "In",
-    "iodine": "I", "lead": "Pb", "lutetium": "Lu", "radium": "Ra", "rhenium": "Re",
-    "rubidium": "Rb", "samarium": "Sm", "scandium": "Sc", "strontium": "Sr", "technetium": "Tc",
-    "terbium": "Tb", "thallium": "Tl", "thorium": "Th", "xenon": "Xe", "yttrium": "Y",
-    "zirconium": "Zr", "chromium": "Cr", "cobalt": "Co", "nitrogen": "N", "oxygen": "O",
+    "actinium": "Ac",
+    "astatine": "At",
+    "bismuth": "Bi",
+    "carbon": "C",
+    "copper": "Cu",
+    "erbium": "Er",
+    "fluorine": "F",
+    "gallium": "Ga",
+    "holmium": "Ho",
+    "indium": "In",
+    "iodine": "I",
+    "lead": "Pb",
+    "lutetium": "Lu",
+    "radium": "Ra",
+    "rhenium": "Re",
+    "rubidium": "Rb",
+    "samarium": "Sm",
+    "scandium": "Sc",
+    "strontium": "Sr",
+    "technetium": "Tc",
+    "terbium": "Tb",
+    "thallium": "Tl",
+    "thorium": "Th",
+    "xenon": "Xe",
+    "yttrium": "Y",
+    "zirconium": "Zr",
+    "chromium": "Cr",
+    "cobalt": "Co",
+    "nitrogen": "N",
+    "oxygen": "O",
 }
 
 
@@ -118,16 +142,20 @@ def pseudonymise(patient_id: str, key: str | None = None) -> str:
     """
     key = key if key is not None else os.environ.get("RPTDOSE_PSEUDONYM_KEY")
     data = patient_id.encode("utf-8")
-    digest = (hmac.new(key.encode("utf-8"), data, hashlib.sha256).hexdigest() if key
-              else hashlib.sha256(data).hexdigest())
+    digest = (
+        hmac.new(key.encode("utf-8"), data, hashlib.sha256).hexdigest()
+        if key
+        else hashlib.sha256(data).hexdigest()
+    )
     return f"P{digest[:10].upper()}"
 
 
 def _is_bq_per_ml(info) -> bool:
     if (info.units or "").upper() == "BQML":
         return True
-    return any("bq/ml" in (u or "").lower().replace(" ", "") for u, _s, _i in
-               info.real_world_value_mapping)
+    return any(
+        "bq/ml" in (u or "").lower().replace(" ", "") for u, _s, _i in info.real_world_value_mapping
+    )
 
 
 def _spect_preference(info) -> tuple:
@@ -196,38 +224,56 @@ def ingest_dicom(
     scan = scan_dicom_folder(root)
     warn: list[str] = [f"skipped {p}: {why}" for p, why in scan.skipped]
     if not scan.series:
-        raise InputError(f"{root}: no readable DICOM series found"
-                         + (f" ({len(scan.skipped)} files skipped)" if scan.skipped else ""))
+        raise InputError(
+            f"{root}: no readable DICOM series found"
+            + (f" ({len(scan.skipped)} files skipped)" if scan.skipped else "")
+        )
     patients = scan.patients()
     if len(patients) > 1 and not allow_mixed_patients:
         raise InputError(
-            f"{root}: holds {len(patients)} patients ({', '.join(pseudonymise(p) for p in patients)}"
+            f"{root}: holds {len(patients)} patients "
+            f"({', '.join(pseudonymise(p) for p in patients)}"
             " as pseudonyms); export one patient per folder or pass --allow-mixed-patients"
         )
 
-    rows = tuple((s.modality, s.series_description or "-", _fmt_dt(s.acquisition_datetime),
-                  str(s.n_images), s.frame_of_reference_uid[-12:] if s.frame_of_reference_uid
-                  else "-", _series_note(s)) for s in sorted(
-                      scan.series, key=lambda s: (s.acquisition_datetime or datetime.min,
-                                                  s.modality)))
+    rows = tuple(
+        (
+            s.modality,
+            s.series_description or "-",
+            _fmt_dt(s.acquisition_datetime),
+            str(s.n_images),
+            s.frame_of_reference_uid[-12:] if s.frame_of_reference_uid else "-",
+            _series_note(s),
+        )
+        for s in sorted(
+            scan.series, key=lambda s: (s.acquisition_datetime or datetime.min, s.modality)
+        )
+    )
 
     nm_all = [s for s in scan.series if s.modality in ("NM", "PT")]
     projections = [s for s in nm_all if s.is_reconstructed is False]
     spect = [s for s in nm_all if s.is_reconstructed is not False]
     for s in projections:
-        warn.append(f"NM series {s.series_description!r} holds raw projections, not a "
-                    "reconstructed SPECT; it needs reconstruction first and is not used")
+        warn.append(
+            f"NM series {s.series_description!r} holds raw projections, not a "
+            "reconstructed SPECT; it needs reconstruction first and is not used"
+        )
     if not spect:
-        raise InputError(f"{root}: no reconstructed SPECT (NM) series found"
-                         + (" (only raw projections)" if projections else ""))
+        raise InputError(
+            f"{root}: no reconstructed SPECT (NM) series found"
+            + (" (only raw projections)" if projections else "")
+        )
 
     # --- group SPECT series into imaging sessions ---------------------------------------------
     spect.sort(key=lambda s: (s.acquisition_datetime or datetime.min, s.series_uid))
     sessions: list[list] = []
     for s in spect:
-        if (sessions and s.acquisition_datetime is not None
-                and sessions[-1][0].acquisition_datetime is not None
-                and s.acquisition_datetime - sessions[-1][0].acquisition_datetime <= SAME_SESSION):
+        if (
+            sessions
+            and s.acquisition_datetime is not None
+            and sessions[-1][0].acquisition_datetime is not None
+            and s.acquisition_datetime - sessions[-1][0].acquisition_datetime <= SAME_SESSION
+        ):
             sessions[-1].append(s)
         else:
             sessions.append([s])
@@ -244,10 +290,24 @@ def ingest_dicom(
                 f"({', '.join(_fmt_dt(d) for d in found)}); give --injection-time"
             )
         inj = found[0] if found else None
+        assumed = [
+            s
+            for s in spect
+            if s.injection_datetime == inj
+            and s.injection_datetime_source
+            and "assumed" in s.injection_datetime_source
+        ]
+        if inj is not None and assumed:
+            warn.append(
+                f"injection date-time {_fmt_dt(inj)}: {assumed[0].injection_datetime_source}"
+                "; check it, or give --injection-time"
+            )
     if inj is None:
-        missing.append("injection time: not in RadiopharmaceuticalInformationSequence "
-                       "(RadiopharmaceuticalStartDateTime); give --injection-time "
-                       "YYYY-MM-DDTHH:MM")
+        missing.append(
+            "injection time: not in RadiopharmaceuticalInformationSequence "
+            "(RadiopharmaceuticalStartDateTime); give --injection-time "
+            "YYYY-MM-DDTHH:MM"
+        )
 
     act = injected_activity_mbq
     if act is None:
@@ -259,12 +319,15 @@ def ingest_dicom(
                     warn.append(f"{s.series_description!r}: {s.injected_activity_note}")
                     break
             if len(values) > 1 and values[-1] / values[0] > 1.01:
-                warn.append(f"SPECT series give different administered activities "
-                            f"({', '.join(f'{v / 1e6:.1f}' for v in values)} MBq); using "
-                            f"{act:.1f} MBq")
+                warn.append(
+                    f"SPECT series give different administered activities "
+                    f"({', '.join(f'{v / 1e6:.1f}' for v in values)} MBq); using "
+                    f"{act:.1f} MBq"
+                )
     if act is None:
-        missing.append("administered activity: RadionuclideTotalDose absent; give "
-                       "--injected-activity-mbq")
+        missing.append(
+            "administered activity: RadionuclideTotalDose absent; give --injected-activity-mbq"
+        )
 
     nuc = nuclide
     if nuc is None:
@@ -277,15 +340,20 @@ def ingest_dicom(
 
         nuc = get_nuclide(nuc).name
     if nuc is None:
-        missing.append("nuclide: RadionuclideCodeSequence absent or not recognised; give "
-                       "--nuclide (e.g. Lu-177)")
+        missing.append(
+            "nuclide: RadionuclideCodeSequence absent or not recognised; give "
+            "--nuclide (e.g. Lu-177)"
+        )
 
-    pharm = radiopharmaceutical or next((s.radiopharmaceutical for s in spect
-                                         if s.radiopharmaceutical), None)
+    pharm = radiopharmaceutical or next(
+        (s.radiopharmaceutical for s in spect if s.radiopharmaceutical), None
+    )
     if pharm is None:
         pharm = "unknown"
-        warn.append("radiopharmaceutical not in the header; recorded as 'unknown' "
-                    "(give --radiopharmaceutical)")
+        warn.append(
+            "radiopharmaceutical not in the header; recorded as 'unknown' "
+            "(give --radiopharmaceutical)"
+        )
 
     # --- one timepoint per session ---------------------------------------------------------------
     cts = [s for s in scan.series if s.modality == "CT"]
@@ -297,64 +365,89 @@ def ingest_dicom(
         chosen = min(session, key=_spect_preference)
         ignored = tuple(s.series_description or s.series_uid for s in session if s is not chosen)
         if ignored:
-            warn.append(f"session {i + 1}: using SPECT {chosen.series_description!r}; ignoring "
-                        f"{', '.join(repr(x) for x in ignored)}")
+            warn.append(
+                f"session {i + 1}: using SPECT {chosen.series_description!r}; ignoring "
+                f"{', '.join(repr(x) for x in ignored)}"
+            )
         label = _session_label(chosen.acquisition_datetime, inj, i)
         ct = _pair(chosen, cts)
         rt = _pair(chosen, rts, require_same_for=True)
         if ct is None:
-            missing.append(f"timepoint {label}: no CT with the SPECT's frame of reference or "
-                           f"within {MAX_CT_GAP.total_seconds() / 3600:.0f} h of it")
+            missing.append(
+                f"timepoint {label}: no CT with the SPECT's frame of reference or "
+                f"within {MAX_CT_GAP.total_seconds() / 3600:.0f} h of it"
+            )
         elif ct.frame_of_reference_uid != chosen.frame_of_reference_uid:
-            warn.append(f"timepoint {label}: CT {ct.series_description!r} paired by time; its "
-                        "frame of reference differs from the SPECT's")
+            warn.append(
+                f"timepoint {label}: CT {ct.series_description!r} paired by time; its "
+                "frame of reference differs from the SPECT's"
+            )
         is_bq = _is_bq_per_ml(chosen)
         cal = None if is_bq else calibration_cps_per_mbq
         dur = None if is_bq else (frame_duration_s or chosen.frame_duration_s)
         if not is_bq:
             if cal is None:
-                missing.append(f"timepoint {label}: SPECT is in counts "
-                               f"(Units {chosen.units or 'absent'}) and has no calibration; give "
-                               "--calibration-cps-per-mbq")
+                missing.append(
+                    f"timepoint {label}: SPECT is in counts "
+                    f"(Units {chosen.units or 'absent'}) and has no calibration; give "
+                    "--calibration-cps-per-mbq"
+                )
             if dur is None:
-                missing.append(f"timepoint {label}: SPECT frame duration absent; give "
-                               "--frame-duration-s")
+                missing.append(
+                    f"timepoint {label}: SPECT frame duration absent; give --frame-duration-s"
+                )
         if chosen.acquisition_datetime is None:
             missing.append(f"timepoint {label}: SPECT has no acquisition date/time")
-        candidates.append(TimepointCandidate(
-            label=label, spect_series_uid=chosen.series_uid,
-            spect_description=chosen.series_description,
-            acquisition_datetime=chosen.acquisition_datetime,
-            ct_series_uid=ct.series_uid if ct else None,
-            rtstruct_series_uid=rt.series_uid if rt else None,
-            units="Bq/mL" if is_bq else "counts", ignored_series=ignored))
+        candidates.append(
+            TimepointCandidate(
+                label=label,
+                spect_series_uid=chosen.series_uid,
+                spect_description=chosen.series_description,
+                acquisition_datetime=chosen.acquisition_datetime,
+                ct_series_uid=ct.series_uid if ct else None,
+                rtstruct_series_uid=rt.series_uid if rt else None,
+                units="Bq/mL" if is_bq else "counts",
+                ignored_series=ignored,
+            )
+        )
         if missing:
             continue
-        timepoints.append(Timepoint(
-            label=label,
-            acquisition_datetime=chosen.acquisition_datetime,
-            spect=_ref(chosen, base),
-            spect_units=SpectUnits.BQ_PER_ML if is_bq else SpectUnits.COUNTS,
-            calibration_cps_per_mbq=cal, frame_duration_s=dur,
-            ct=_ref(ct, base) if ct else None,
-            rtstruct=_ref(rt, base) if rt else None,
-        ))
+        timepoints.append(
+            Timepoint(
+                label=label,
+                acquisition_datetime=chosen.acquisition_datetime,
+                spect=_ref(chosen, base),
+                spect_units=SpectUnits.BQ_PER_ML if is_bq else SpectUnits.COUNTS,
+                calibration_cps_per_mbq=cal,
+                frame_duration_s=dur,
+                ct=_ref(ct, base) if ct else None,
+                rtstruct=_ref(rt, base) if rt else None,
+            )
+        )
 
     if missing:
-        return IngestResult(None, rows, tuple(candidates), tuple(missing), tuple(warn),
-                            scan.skipped)
+        return IngestResult(
+            None, rows, tuple(candidates), tuple(missing), tuple(warn), scan.skipped
+        )
 
     source_pid = next((s.patient_id for s in spect if s.patient_id), "")
     weight = next((s.patient_weight_kg for s in spect if s.patient_weight_kg), None)
-    study = Study.from_dict({
-        "patient_id": patient_id or pseudonymise(source_pid),
-        "nuclide": nuc, "radiopharmaceutical": pharm,
-        "administered_activity_mbq": act, "injection_datetime": inj,
-        "timepoints": [tp.model_dump() for tp in timepoints],
-        "patient_weight_kg": weight,
-        "source": {"ingested_from": os.path.relpath(root.resolve(), base),
-                   "tool": "rptdose ingest"},
-    }, source=f"manifest built from {root}")
+    study = Study.from_dict(
+        {
+            "patient_id": patient_id or pseudonymise(source_pid),
+            "nuclide": nuc,
+            "radiopharmaceutical": pharm,
+            "administered_activity_mbq": act,
+            "injection_datetime": inj,
+            "timepoints": [tp.model_dump() for tp in timepoints],
+            "patient_weight_kg": weight,
+            "source": {
+                "ingested_from": str(_portable_path(root, base)),
+                "tool": "rptdose ingest",
+            },
+        },
+        source=f"manifest built from {root}",
+    )
     warn.extend(check_study_files(study, base))
     if write:
         study.save(manifest_path)
@@ -364,8 +457,10 @@ def ingest_dicom(
 def require_complete(result: IngestResult) -> Study:
     """The study, or :class:`MissingDataError` listing every missing item."""
     if result.study is None:
-        raise MissingDataError("the export is incomplete:\n  - " + "\n  - ".join(result.missing),
-                               missing=list(result.missing))
+        raise MissingDataError(
+            "the export is incomplete:\n  - " + "\n  - ".join(result.missing),
+            missing=list(result.missing),
+        )
     return result.study
 
 
@@ -373,12 +468,20 @@ def _pair(spect, others, require_same_for: bool = False):
     """The series among ``others`` that belongs with ``spect``: same frame of reference first,
     then closest acquisition time (within :data:`MAX_CT_GAP`) in the same patient."""
     same_patient = [o for o in others if o.patient_id == spect.patient_id]
-    same_for = [o for o in same_patient if spect.frame_of_reference_uid
-                and o.frame_of_reference_uid == spect.frame_of_reference_uid]
+    same_for = [
+        o
+        for o in same_patient
+        if spect.frame_of_reference_uid and o.frame_of_reference_uid == spect.frame_of_reference_uid
+    ]
     pool = same_for
     if not pool and not require_same_for:
-        pool = [o for o in same_patient if o.acquisition_datetime and spect.acquisition_datetime
-                and abs(o.acquisition_datetime - spect.acquisition_datetime) <= MAX_CT_GAP]
+        pool = [
+            o
+            for o in same_patient
+            if o.acquisition_datetime
+            and spect.acquisition_datetime
+            and abs(o.acquisition_datetime - spect.acquisition_datetime) <= MAX_CT_GAP
+        ]
     if not pool:
         return None
 
@@ -398,11 +501,18 @@ def _ref(info, base: Path) -> ImageRef:
     else:
         target = Path(os.path.commonpath([str(f.parent.resolve()) for f in files]))
         uid = info.series_uid
+    return ImageRef(path=_portable_path(target, base), format=ImageFormat.DICOM, series_uid=uid)
+
+
+def _portable_path(target: Path, base: Path) -> Path:
+    """``target`` relative to ``base`` when it lies inside ``base`` or beside it (one ``..``), so
+    that a study folder moves as a whole; otherwise absolute."""
+    target = target.resolve()
     try:
-        rel = Path(os.path.relpath(target.resolve(), base))
+        rel = Path(os.path.relpath(target, base))
     except ValueError:  # different drive on Windows
-        rel = target.resolve()
-    return ImageRef(path=rel, format=ImageFormat.DICOM, series_uid=uid)
+        return target
+    return target if rel.parts[:2] == ("..", "..") else rel
 
 
 def _fmt_dt(d: datetime | None) -> str:
@@ -415,4 +525,3 @@ def _series_note(s) -> str:
         unit = "Bq/mL" if _is_bq_per_ml(s) else f"counts ({s.units or 'no Units'})"
         return f"{kind}, {unit}"
     return ""
-

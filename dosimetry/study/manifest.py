@@ -106,7 +106,9 @@ class ImageRef(_Model):
 
     def resolve(self, base_dir: Path) -> Path:
         """Absolute path, relative paths taken from ``base_dir`` (the manifest's folder)."""
-        return self.path if self.path.is_absolute() else (base_dir / self.path)
+        path = self.path if self.path.is_absolute() else (Path(base_dir) / self.path)
+        # normpath: "out/../export" must resolve even before "out" exists.
+        return Path(os.path.normpath(path))
 
 
 class Timepoint(_Model):
@@ -124,7 +126,9 @@ class Timepoint(_Model):
     )
     ct: ImageRef | None = None
     labels: ImageRef | None = Field(default=None, description="Label map on this timepoint.")
-    rtstruct: ImageRef | None = Field(default=None, description="DICOM RTSTRUCT for this timepoint.")
+    rtstruct: ImageRef | None = Field(
+        default=None, description="DICOM RTSTRUCT for this timepoint."
+    )
 
     @model_validator(mode="after")
     def _counts_need_calibration(self) -> Self:
@@ -136,7 +140,8 @@ class Timepoint(_Model):
             ]
             if missing:
                 raise ValueError(
-                    f"timepoint {self.label!r} has SPECT in counts but no {' and no '.join(missing)}"
+                    f"timepoint {self.label!r} has SPECT in counts but no "
+                    f"{' and no '.join(missing)}"
                 )
         return self
 
@@ -172,7 +177,9 @@ class Study(_Model):
     @classmethod
     def _known_schema(cls, v: int) -> int:
         if v != SCHEMA_VERSION:
-            raise ValueError(f"schema_version {v} is not supported (this release reads {SCHEMA_VERSION})")
+            raise ValueError(
+                f"schema_version {v} is not supported (this release reads {SCHEMA_VERSION})"
+            )
         return v
 
     @field_validator("nuclide")
@@ -196,10 +203,14 @@ class Study(_Model):
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         if dupes:
             raise ValueError(f"timepoint labels must be unique; repeated: {', '.join(dupes)}")
-        if any((tp.acquisition_datetime.tzinfo is None) != (inj.tzinfo is None)
-               for tp in self.timepoints):
-            raise ValueError("injection_datetime and acquisition datetimes must all carry a UTC "
-                             "offset or all be naive local times")
+        if any(
+            (tp.acquisition_datetime.tzinfo is None) != (inj.tzinfo is None)
+            for tp in self.timepoints
+        ):
+            raise ValueError(
+                "injection_datetime and acquisition datetimes must all carry a UTC "
+                "offset or all be naive local times"
+            )
         prev: Timepoint | None = None
         for tp in self.timepoints:
             if tp.acquisition_datetime <= inj:
@@ -229,16 +240,20 @@ class Study(_Model):
 
     def times_after_injection_s(self) -> list[float]:
         """Time of each acquisition after injection [s], in timepoint order."""
-        return [(tp.acquisition_datetime - self.injection_datetime).total_seconds()
-                for tp in self.timepoints]
+        return [
+            (tp.acquisition_datetime - self.injection_datetime).total_seconds()
+            for tp in self.timepoints
+        ]
 
     def timepoint(self, label: str) -> Timepoint:
         """The timepoint called ``label``."""
         for tp in self.timepoints:
             if tp.label == label:
                 return tp
-        raise InputError(f"study has no timepoint {label!r}; it has "
-                         f"{', '.join(tp.label for tp in self.timepoints)}")
+        raise InputError(
+            f"study has no timepoint {label!r}; it has "
+            f"{', '.join(tp.label for tp in self.timepoints)}"
+        )
 
     # ----------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -269,7 +284,9 @@ class Study(_Model):
     def from_dict(cls, data: Any, source: str = "<dict>") -> Study:
         """Validate a dict; errors become one :class:`InputError` naming ``source`` and field."""
         if not isinstance(data, dict):
-            raise InputError(f"{source}: a study manifest must be a mapping, got {type(data).__name__}")
+            raise InputError(
+                f"{source}: a study manifest must be a mapping, got {type(data).__name__}"
+            )
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -284,7 +301,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         msg = str(err.get("msg", "invalid"))
         msg = msg.removeprefix("Value error, ")
         value = err.get("input")
-        shown = "" if isinstance(value, dict | list | tuple) or value is None else f" (value: {value!r})"
+        shown = (
+            ""
+            if isinstance(value, dict | list | tuple) or value is None
+            else f" (value: {value!r})"
+        )
         if err.get("type") == "missing":
             shown = ""
         parts.append(f"{loc}: {msg}{shown}")
@@ -310,8 +331,10 @@ def load_study(path: str | os.PathLike[str]) -> Study:
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}"
-                         f" ({' '.join(str(exc).split())})") from None
+        raise InputError(
+            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}"
+            f" ({' '.join(str(exc).split())})"
+        ) from None
     return Study.from_dict(data, source=str(path))
 
 
@@ -340,8 +363,10 @@ def check_study_files(study: Study, base_dir: str | os.PathLike[str]) -> list[st
             if ref is not None:
                 refs.append((f"timepoints[{tp.label}].{field}", ref))
         if tp.ct is None:
-            warnings_out.append(f"timepoint {tp.label!r} has no CT: a uniform-density body will "
-                                "be assumed downstream")
+            warnings_out.append(
+                f"timepoint {tp.label!r} has no CT: a uniform-density body will "
+                "be assumed downstream"
+            )
     for field, ref in refs:
         p = ref.resolve(base)
         if not p.exists():
@@ -351,8 +376,10 @@ def check_study_files(study: Study, base_dir: str | os.PathLike[str]) -> list[st
             continue
         spect_lo, spect_hi = image_bounds(tp.spect, base)
         ct_lo, ct_hi = image_bounds(tp.ct, base)
-        inter = [max(0.0, min(a, b) - max(c, d))
-                 for a, b, c, d in zip(spect_hi, ct_hi, spect_lo, ct_lo, strict=True)]
+        inter = [
+            max(0.0, min(a, b) - max(c, d))
+            for a, b, c, d in zip(spect_hi, ct_hi, spect_lo, ct_lo, strict=True)
+        ]
         ct_vol = math.prod(h - lo for h, lo in zip(ct_hi, ct_lo, strict=True))
         frac = math.prod(inter) / ct_vol if ct_vol > 0 else 0.0
         if frac < MIN_SPECT_CT_OVERLAP:

@@ -20,8 +20,13 @@ def test_version(capsys):
 def test_nuclide_json_keys_and_values(capsys):
     assert main(["nuclide", "177Lu", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert {"name", "half_life_s", "electron_energy_mev_per_decay",
-            "photon_energy_mev_per_decay", "lines"} <= set(data)
+    assert {
+        "name",
+        "half_life_s",
+        "electron_energy_mev_per_decay",
+        "photon_energy_mev_per_decay",
+        "lines",
+    } <= set(data)
     assert data["name"] == "Lu-177"
     # physics.md (ICRP-107): 6.647 d; printed to 4 significant figures → 1e-4 relative.
     assert abs(data["half_life_s"] / 86400 - 6.647) / 6.647 < 1e-4
@@ -55,11 +60,23 @@ def _write_study(tmp_path, hours):
     for h in hours:
         write_image(img, tmp_path / f"s{h}.nii.gz")
         write_image(img, tmp_path / f"c{h}.nii.gz")
-        tps.append({"label": f"{h}h", "acquisition_datetime": (inj + timedelta(hours=h)).isoformat(),
-                    "spect": f"s{h}.nii.gz", "spect_units": "Bq/mL", "ct": f"c{h}.nii.gz"})
-    d = {"patient_id": "P1", "nuclide": "Lu-177", "radiopharmaceutical": "PSMA-617",
-         "administered_activity_mbq": 7400, "injection_datetime": inj.isoformat(),
-         "timepoints": tps}
+        tps.append(
+            {
+                "label": f"{h}h",
+                "acquisition_datetime": (inj + timedelta(hours=h)).isoformat(),
+                "spect": f"s{h}.nii.gz",
+                "spect_units": "Bq/mL",
+                "ct": f"c{h}.nii.gz",
+            }
+        )
+    d = {
+        "patient_id": "P1",
+        "nuclide": "Lu-177",
+        "radiopharmaceutical": "PSMA-617",
+        "administered_activity_mbq": 7400,
+        "injection_datetime": inj.isoformat(),
+        "timepoints": tps,
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(d))
     return path

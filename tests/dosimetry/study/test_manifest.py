@@ -26,13 +26,28 @@ def _study_dict(tmp_path, hours=(4, 24, 96), units="Bq/mL", **extra_tp):
     tps = []
     for h in hours:
         spect = write_image(_img(), tmp_path / f"spect_{h}h.nii.gz")
-        ct = write_image(_img(spacing=(2.0, 2.0, 2.0), value=-1000.0, shape=(20, 24, 28)),
-                         tmp_path / f"ct_{h}h.nii.gz")
-        tps.append({"label": f"{h}h", "acquisition_datetime": (INJ + timedelta(hours=h)).isoformat(),
-                    "spect": spect.name, "spect_units": units, "ct": ct.name, **extra_tp})
-    return {"patient_id": "P0001", "nuclide": "177Lu", "radiopharmaceutical": "DOTATATE",
-            "administered_activity_mbq": 7400.0, "injection_datetime": INJ.isoformat(),
-            "timepoints": tps}
+        ct = write_image(
+            _img(spacing=(2.0, 2.0, 2.0), value=-1000.0, shape=(20, 24, 28)),
+            tmp_path / f"ct_{h}h.nii.gz",
+        )
+        tps.append(
+            {
+                "label": f"{h}h",
+                "acquisition_datetime": (INJ + timedelta(hours=h)).isoformat(),
+                "spect": spect.name,
+                "spect_units": units,
+                "ct": ct.name,
+                **extra_tp,
+            }
+        )
+    return {
+        "patient_id": "P0001",
+        "nuclide": "177Lu",
+        "radiopharmaceutical": "DOTATATE",
+        "administered_activity_mbq": 7400.0,
+        "injection_datetime": INJ.isoformat(),
+        "timepoints": tps,
+    }
 
 
 def test_round_trip_yaml_and_json(tmp_path):
@@ -60,18 +75,31 @@ def test_yaml_shorthand_and_safe_loading(tmp_path):
 @pytest.mark.parametrize(
     ("change", "match"),
     [
-        (lambda d: d.update(administered_activity_mbq=-5.0),
-         r"administered_activity_mbq.*greater than 0.*-5\.0"),
+        (
+            lambda d: d.update(administered_activity_mbq=-5.0),
+            r"administered_activity_mbq.*greater than 0.*-5\.0",
+        ),
         (lambda d: d.update(nuclide="Xx-999"), r"nuclide.*Xx-999"),
-        (lambda d: d["timepoints"][1].update(acquisition_datetime=d["timepoints"][0][
-            "acquisition_datetime"]), r"'24h'.*strictly increasing"),
-        (lambda d: d["timepoints"][0].update(
-            acquisition_datetime=(INJ - timedelta(hours=1)).isoformat()),
-         r"'4h'.*not after the injection"),
-        (lambda d: d["timepoints"][0].update(spect_units="MBq/voxel"),
-         r"timepoints\.0\.spect_units.*'MBq/voxel'"),
-        (lambda d: d["timepoints"][0].update(spect_units="counts"),
-         r"'4h' has SPECT in counts but no calibration_cps_per_mbq and no frame_duration_s"),
+        (
+            lambda d: d["timepoints"][1].update(
+                acquisition_datetime=d["timepoints"][0]["acquisition_datetime"]
+            ),
+            r"'24h'.*strictly increasing",
+        ),
+        (
+            lambda d: d["timepoints"][0].update(
+                acquisition_datetime=(INJ - timedelta(hours=1)).isoformat()
+            ),
+            r"'4h'.*not after the injection",
+        ),
+        (
+            lambda d: d["timepoints"][0].update(spect_units="MBq/voxel"),
+            r"timepoints\.0\.spect_units.*'MBq/voxel'",
+        ),
+        (
+            lambda d: d["timepoints"][0].update(spect_units="counts"),
+            r"'4h' has SPECT in counts but no calibration_cps_per_mbq and no frame_duration_s",
+        ),
         (lambda d: d.update(surprise=1), r"surprise: Extra inputs are not permitted"),
         (lambda d: d.pop("injection_datetime"), r"injection_datetime: Field required"),
     ],
@@ -104,8 +132,9 @@ def test_spect_ct_must_overlap(tmp_path):
 
 def test_counts_converted_with_calibration(tmp_path):
     # 1000 counts per voxel over 600 s with 10 cps/MBq → 1000/(600·1e-5)/V Bq/mL.
-    d = _study_dict(tmp_path, hours=(24,), units="counts", calibration_cps_per_mbq=10.0,
-                    frame_duration_s=600.0)
+    d = _study_dict(
+        tmp_path, hours=(24,), units="counts", calibration_cps_per_mbq=10.0, frame_duration_s=600.0
+    )
     write_image(_img(value=1000.0), tmp_path / "spect_24h.nii.gz")
     study = Study.from_dict(d)
     assert study.timepoints[0].spect_units is SpectUnits.COUNTS
