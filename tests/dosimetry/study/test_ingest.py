@@ -186,3 +186,14 @@ def test_real_siemens_export(tmp_path, capsys):
     assert spect.GetSize() == (128, 128, 80)
     arr = sitk.GetArrayViewFromImage(spect)
     assert float(arr.min()) >= 0.0 and float(arr.sum()) > 0.0
+
+
+def test_ct_with_missing_slice_refused_at_ingest(tmp_path, capsys):
+    root = write_export(tmp_path / "export", hours=(24,))
+    slices = sorted((root / "tp24" / "ct").iterdir())
+    slices[5].unlink()  # a gap in the middle of the CT series
+    out = tmp_path / "study.yaml"
+    assert main(["ingest", str(root), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "missing" in err and "CT" in err and "Traceback" not in err
+    assert not out.exists()
