@@ -235,6 +235,16 @@ def validate_cmd(
     )
 
 
+# ----------------------------------------------------------------------------------- sub-commands
+def _register() -> None:
+    from cli.phantom import phantom_app
+
+    app.add_typer(phantom_app, name="phantom", help="Digital patients with ground truth.")
+
+
+_register()
+
+
 # ----------------------------------------------------------------------------------- entry
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: run the app, turning our errors into one line.
