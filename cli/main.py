@@ -29,6 +29,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Help texts carry units in brackets ("[MBq]", "[h]"): never read them as rich markup.
+    rich_markup_mode=None,
 )
 
 out = Console(highlight=False, soft_wrap=True)

@@ -90,3 +90,10 @@ def test_validate_ok_and_bad(tmp_path, capsys):
     path = _write_study(tmp_path, [4, 24])
     assert main(["validate", str(path)]) == 0
     assert "valid" in capsys.readouterr().out
+
+
+def test_help_keeps_units_in_brackets(capsys):
+    # Units are written "[h]", "[mm]" in option help; they must not be swallowed as markup.
+    assert main(["phantom", "make", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "[h]" in out and "[mm]" in out
