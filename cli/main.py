@@ -240,8 +240,10 @@ def validate_cmd(
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
     from cli.phantom import phantom_app
+    from cli.tac import tac_app
 
     app.add_typer(phantom_app, name="phantom", help="Digital patients with ground truth.")
+    app.add_typer(tac_app, name="tac", help="Time-activity curves: fit, select, integrate.")
 
 
 _register()
