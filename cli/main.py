@@ -240,10 +240,13 @@ def validate_cmd(
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
     from cli.phantom import phantom_app
+    from cli.plan import bed_cmd, plan_cmd
     from cli.tac import tac_app
 
     app.add_typer(phantom_app, name="phantom", help="Digital patients with ground truth.")
     app.add_typer(tac_app, name="tac", help="Time-activity curves: fit, select, integrate.")
+    app.command("plan")(plan_cmd)
+    app.command("bed")(bed_cmd)
 
 
 _register()
