@@ -36,8 +36,6 @@ import hashlib
 import itertools
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -51,6 +49,7 @@ import SimpleITK as sitk
 
 from dosimetry import units
 from dosimetry.errors import InputError
+from dosimetry.io.atomic import atomic_folder
 from dosimetry.io.images import write_image
 from phantoms.acquisition import (
     AcquisitionSpec,
@@ -283,22 +282,8 @@ def staged_output(out_dir: Path, overwrite: bool):
         if any(out_dir.iterdir()) and not overwrite:
             raise InputError(f"{out_dir}: folder exists and is not empty; choose another "
                              "output folder or allow overwriting")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as tmp:
         yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old",
-                                        dir=out_dir.parent))
-            old.rmdir()
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def session_label(acquisition: datetime, injection: datetime) -> str:

@@ -61,7 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from scipy import optimize
 from scipy.special import ndtr, ndtri
 
-from planning import _io
+from dosimetry.io import models as _io
 from planning.protocols import LimitQuantity, LimitScope, Objective, OrganLimit
 from planning.radiobiology import bed as bed_formula
 from planning.radiobiology import eqd2_factor

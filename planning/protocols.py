@@ -41,7 +41,7 @@ from typing import Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dosimetry.errors import InputError
-from planning import _io
+from dosimetry.io import models as _io
 from planning.iodine import BLOOD_LIMIT_GY, LUNG_RETENTION_LIMIT_GBQ
 from planning.tissues import TissueName
 

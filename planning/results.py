@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from dosimetry import units
 from dosimetry.errors import InputError
-from planning import _io
+from dosimetry.io import models as _io
 from planning.radiobiology import DoseRateShape
 from planning.tissues import TissueParameters, get_tissue, tissue_for_voi
 

@@ -15,12 +15,9 @@ assembled under a temporary name and renamed into place; a single file goes thro
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import re
-import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,7 +35,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from dosimetry import units
 from dosimetry.errors import InputError
-from dosimetry.io.atomic import atomic_path
+from dosimetry.io.atomic import atomic_folder, atomic_path
 from dosimetry.io.dicom import CT_IMAGE_STORAGE, NM_IMAGE_STORAGE, NMUnits
 
 __all__ = [
@@ -342,30 +339,6 @@ def _save(ds: Dataset, path: Path) -> None:
     pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
-@contextlib.contextmanager
-def _atomic_folder(folder: Path):
-    """Yield a private temporary folder; on success it replaces ``folder`` (created or swapped)."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: exists and is not a folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
-    try:
-        yield tmp
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old",
-                                        dir=folder.parent))
-            old.rmdir()
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _finite_array(image: sitk.Image, what: str) -> np.ndarray:
     arr = sitk.GetArrayFromImage(image).astype(np.float64)  # (z, y, x)
     if not np.all(np.isfinite(arr)):
@@ -427,7 +400,7 @@ def write_ct_series(image: sitk.Image, folder: str | os.PathLike[str], meta: Dic
     origin = np.asarray(image.GetOrigin(), dtype=float)
     normal = np.cross(row, col)
     paths: list[Path] = []
-    with _atomic_folder(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         for k in range(nz):
             sop = uid_from_seed(meta.series_uid, "CT", k + 1)
             ds = _base_dataset(meta, CT_IMAGE_STORAGE, sop, "CT")

@@ -17,7 +17,6 @@ Properties give the internal units (Bq, s).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from datetime import datetime
@@ -25,19 +24,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from dosimetry import units
 from dosimetry.errors import GeometryError, InputError
-from dosimetry.io.atomic import atomic_write_text
+from dosimetry.io import models as model_io
 
 #: Version of the manifest layout written by this release.
 SCHEMA_VERSION = 1
@@ -262,54 +259,20 @@ class Study(_Model):
 
     def to_yaml(self) -> str:
         """YAML text of the manifest."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+        return model_io.dump_text(self, ".yaml", exclude_none=True)
 
     def to_json(self) -> str:
         """JSON text of the manifest."""
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        return model_io.dump_text(self, ".json", exclude_none=True)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the manifest atomically as YAML (``.yaml``/``.yml``) or JSON (``.json``)."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix in (".yaml", ".yml"):
-            text = self.to_yaml()
-        elif suffix == ".json":
-            text = self.to_json()
-        else:
-            raise InputError(f"{path}: manifest must end in .yaml, .yml or .json, not {suffix!r}")
-        return atomic_write_text(path, text)
+        return model_io.save(self, path, "study manifest", exclude_none=True)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<dict>") -> Study:
         """Validate a dict; errors become one :class:`InputError` naming ``source`` and field."""
-        if not isinstance(data, dict):
-            raise InputError(
-                f"{source}: a study manifest must be a mapping, got {type(data).__name__}"
-            )
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise InputError(format_validation_error(exc, source)) from None
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One readable message per pydantic error: ``source: field: problem (value: …)``."""
-    parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(x) for x in err.get("loc", ())) or "(top level)"
-        msg = str(err.get("msg", "invalid"))
-        msg = msg.removeprefix("Value error, ")
-        value = err.get("input")
-        shown = (
-            ""
-            if isinstance(value, dict | list | tuple) or value is None
-            else f" (value: {value!r})"
-        )
-        if err.get("type") == "missing":
-            shown = ""
-        parts.append(f"{loc}: {msg}{shown}")
-    return f"{source}: invalid study manifest: " + "; ".join(parts)
+        return model_io.validate(cls, data, source, "study manifest")
 
 
 def load_study(path: str | os.PathLike[str]) -> Study:
@@ -321,20 +284,7 @@ def load_study(path: str | os.PathLike[str]) -> Study:
         The file is missing, not parseable, or fails validation; the message names the file,
         the field and the value.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: study manifest not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read study manifest ({exc})") from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}"
-            f" ({' '.join(str(exc).split())})"
-        ) from None
+    data = model_io.read_mapping(path, "study manifest")
     return Study.from_dict(data, source=str(path))
 
 

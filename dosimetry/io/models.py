@@ -1,6 +1,6 @@
-"""Shared file handling of planning's models: read YAML/JSON safely, write atomically, and turn
-pydantic validation errors into one :class:`~dosimetry.errors.InputError` naming the file, the
-field and the value."""
+"""File handling of typed models (study manifest, RESULTS.json, protocols, plans): read YAML/JSON
+safely, write atomically, and turn pydantic validation errors into one
+:class:`~dosimetry.errors.InputError` naming the file, the field and the value."""
 
 from __future__ import annotations
 
@@ -59,18 +59,20 @@ def read_mapping(path: str | os.PathLike[str], what: str) -> Any:
                          f"({' '.join(str(exc).split())})") from None
 
 
-def dump_text(model: BaseModel, suffix: str) -> str:
+def dump_text(model: BaseModel, suffix: str, exclude_none: bool = False) -> str:
     """JSON or YAML text of a model (``mode="json"`` values)."""
-    data = model.model_dump(mode="json")
+    data = model.model_dump(mode="json", exclude_none=exclude_none)
     if suffix == ".json":
         return json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
-def save(model: BaseModel, path: str | os.PathLike[str], what: str) -> Path:
+def save(model: BaseModel, path: str | os.PathLike[str], what: str,
+         exclude_none: bool = False) -> Path:
     """Write ``model`` atomically as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".yaml", ".yml"):
         raise InputError(f"{path}: a {what} must end in .json, .yaml or .yml, not {suffix!r}")
-    return atomic_write_text(path, dump_text(model, ".json" if suffix == ".json" else ".yaml"))
+    text = dump_text(model, ".json" if suffix == ".json" else ".yaml", exclude_none)
+    return atomic_write_text(path, text)
