@@ -77,7 +77,7 @@ def _voi_input(results: DosimetryResults, v: VoiResult, notes: list[str]) -> Voi
         doses, sigmas, beds = [], [], []
     else:
         doses = [v.mean_dose_gy]
-        sigmas = [v.dose_sigma_gy]
+        sigmas = [v.mean_dose_sigma_gy]
         beds = [float(bed(v.mean_dose_gy, g, ab))]
     for c in sorted(results.history, key=lambda c: c.cycle_number):
         rec = next((x for x in c.vois if x.name == v.name), None)

@@ -15,7 +15,7 @@ reads it. The layout is documented field by field in ``planning/RESULTS_SCHEMA.m
     patient_weight_kg         optional [kg]
     vois[]                    one entry per organ or lesion:
         name, kind (organ|lesion), tissue (optional parameter-set name), mass_g,
-        mean_dose_gy, dose_sigma_gy            this cycle's absorbed dose ± σ [Gy]
+        mean_dose_gy, mean_dose_sigma_gy      this cycle's absorbed dose ± σ [Gy]
         dose_gy_per_gbq, dose_gy_per_gbq_sigma the dose coefficient used to plan [Gy/GBq]
         tia_mbq_h, tia_sigma_mbq_h             time-integrated activity ± σ [MBq·h]
         kinetics: model, effective_half_life_h,
@@ -148,13 +148,17 @@ class VoiResult(_Model):
                                                          "the name (lesions: tumour).")
     mass_g: Pos | None = None
     mean_dose_gy: NonNeg
-    dose_sigma_gy: NonNeg = 0.0
+    mean_dose_sigma_gy: NonNeg = 0.0
     dose_gy_per_gbq: NonNeg
     dose_gy_per_gbq_sigma: NonNeg = 0.0
     tia_mbq_h: NonNeg | None = None
     tia_sigma_mbq_h: NonNeg | None = None
     kinetics: KineticsSummary
     engine: str = Field(default="unknown", min_length=1)
+    bed_gy: NonNeg | None = Field(default=None, description="BED of this cycle [Gy].")
+    d2_gy: NonNeg | None = Field(default=None, description="Near-maximum dose D2 [Gy].")
+    d50_gy: NonNeg | None = Field(default=None, description="Median dose D50 [Gy].")
+    d98_gy: NonNeg | None = Field(default=None, description="Near-minimum dose D98 [Gy].")
 
     @field_validator("tissue")
     @classmethod
@@ -215,6 +219,9 @@ class DosimetryResults(_Model):
     vois: tuple[VoiResult, ...] = Field(min_length=1)
     history: tuple[DeliveredCycle, ...] = ()
     source: dict[str, str] = Field(default_factory=dict)
+    plan: dict[str, Any] | None = Field(
+        default=None, description="The plan the pipeline made from these results (PlanResult "
+                                  "as JSON); ignored when planning reads the file.")
 
     @field_validator("schema_version")
     @classmethod
