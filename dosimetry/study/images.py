@@ -20,7 +20,7 @@ from dosimetry.io.images import read_image
 from dosimetry.study.manifest import ImageFormat, ImageRef, SpectUnits, Study, Timepoint
 
 
-def _dicom_series(ref: ImageRef, base_dir: Path, modality: tuple[str, ...]):
+def dicom_series_of(ref: ImageRef, base_dir: Path, modality: tuple[str, ...]):
     """The one DICOM series a reference points to (by series UID when several are there)."""
     from dosimetry.io.dicom import scan_dicom_folder
 
@@ -50,7 +50,7 @@ def image_bounds(
     if ref.format is ImageFormat.DICOM:
         from dosimetry.io.dicom import series_geometry
 
-        info = _dicom_series(ref, base, ("CT", "NM", "PT", "MR"))
+        info = dicom_series_of(ref, base, ("CT", "NM", "PT", "MR"))
         size, spacing, origin, direction = series_geometry(info)
     else:
         reader = sitk.ImageFileReader()
@@ -82,7 +82,7 @@ def load_image(ref: ImageRef, base_dir: str | os.PathLike[str]) -> sitk.Image:
         return read_image(ref.resolve(base))
     from dosimetry.io.dicom import read_ct_series, read_nm_image
 
-    info = _dicom_series(ref, base, ("CT", "NM", "PT"))
+    info = dicom_series_of(ref, base, ("CT", "NM", "PT"))
     if info.modality == "CT":
         return read_ct_series(list(info.files))
     return read_nm_image(info).image
