@@ -239,12 +239,15 @@ def validate_cmd(
 
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
+    from cli.dose import dose_cmd, kernel_app
     from cli.phantom import phantom_app
     from cli.plan import bed_cmd, plan_cmd
     from cli.tac import tac_app
 
     app.add_typer(phantom_app, name="phantom", help="Digital patients with ground truth.")
     app.add_typer(tac_app, name="tac", help="Time-activity curves: fit, select, integrate.")
+    app.command("dose")(dose_cmd)
+    app.add_typer(kernel_app, name="kernel", help="Dose voxel kernels from the voxel MC.")
     app.command("plan")(plan_cmd)
     app.command("bed")(bed_cmd)
 
