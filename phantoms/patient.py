@@ -492,7 +492,7 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
             "radiopharmaceutical": preset.radiopharmaceutical,
             "administered_activity_mbq": drawn.administered_activity_mbq,
             "injection_datetime": inj, "timepoints": timepoints,
-            "patient_weight_kg": weight_kg, "source": source,
+            "patient_weight_kg": weight_kg, "spect_fwhm_mm": spec.fwhm_mm, "source": source,
         }, source="phantom manifest")
         manifest = study.save(tmp / "study.yaml")
 

@@ -182,6 +182,7 @@ def ingest_dicom(
     nuclide: str | None = None,
     radiopharmaceutical: str | None = None,
     patient_id: str | None = None,
+    spect_fwhm_mm: float | None = None,
     allow_mixed_patients: bool = False,
     write: bool = True,
 ) -> IngestResult:
@@ -200,6 +201,9 @@ def ingest_dicom(
         sensitivity in cps/MBq, duration in s.
     patient_id : str, optional
         Pseudonym to use; default derived from the DICOM PatientID by :func:`pseudonymise`.
+    spect_fwhm_mm : float, optional
+        Reconstructed SPECT resolution [mm] to record (not in DICOM headers); enables the
+        pipeline's partial-volume correction.
     allow_mixed_patients : bool
         Accept a folder holding several patients (the series of all are used).
     write : bool
@@ -441,6 +445,7 @@ def ingest_dicom(
             "injection_datetime": inj,
             "timepoints": [tp.model_dump() for tp in timepoints],
             "patient_weight_kg": weight,
+            "spect_fwhm_mm": spect_fwhm_mm,
             "source": {
                 "ingested_from": str(_portable_path(root, base)),
                 "tool": "rptdose ingest",

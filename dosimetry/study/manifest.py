@@ -160,6 +160,10 @@ class Study(_Model):
     injection_datetime: datetime
     timepoints: tuple[Timepoint, ...] = Field(min_length=1)
     patient_weight_kg: Annotated[float, Field(gt=0)] | None = None
+    spect_fwhm_mm: Annotated[float, Field(gt=0, le=50)] | None = Field(
+        default=None, description="Reconstructed SPECT resolution FWHM [mm] of the camera, "
+        "collimator and reconstruction used (from a point-source or IEC measurement); enables "
+        "the partial-volume correction of VOI activities.")
     labels: ImageRef | None = Field(
         default=None, description="Label map on the reference timepoint's CT grid."
     )

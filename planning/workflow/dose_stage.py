@@ -131,8 +131,10 @@ def run_dose(wd: WorkDir, vois: list[VoiKinetics], *, engine: str = "dvk", devic
                                  sitk.sitkFloat32)
     density = hu_to_density(sitk.GetArrayViewFromImage(ct_on_labels))
     voxel_ml = float(np.prod(labels_ct.GetSpacing())) / 1000.0
-    lab_sg = sitk.GetArrayViewFromImage(sitk.Cast(read_image(kin / "labels_spectgrid.nii.gz",
-                                                             pixel_type=None), sitk.sitkUInt16))
+    # A view needs its image alive: keep the image in a name (a view of a temporary dangles).
+    labels_sg_img = sitk.Cast(read_image(kin / "labels_spectgrid.nii.gz", pixel_type=None),
+                              sitk.sitkUInt16)
+    lab_sg = sitk.GetArrayViewFromImage(labels_sg_img)
     sigma_sg = (sitk.GetArrayViewFromImage(result.uncertainty)
                 if result.uncertainty is not None else None)
     activity_gbq = study.administered_activity_mbq / 1000.0

@@ -57,6 +57,9 @@ class PipelineOptions(BaseModel):
     cycles_done: int | None = Field(default=None, ge=1)
     confidence: float | None = Field(default=None, gt=0.5, lt=1.0)
     calibration_relative_sigma: float = Field(default=0.05, ge=0.0, lt=1.0)
+    #: Reconstructed SPECT resolution FWHM [mm] for the partial-volume correction (GTM);
+    #: None: the study manifest's ``spect_fwhm_mm``, and no correction when that is absent.
+    pvc_fwhm_mm: float | None = Field(default=None, gt=0.0, le=50.0)
     mc_decays: int = Field(default=2_000_000, gt=0)
     seed: int = 0
     device: str = "cpu"
@@ -110,7 +113,8 @@ def run_pipeline(manifest: str | Path, workdir: str | Path, options: PipelineOpt
         Stage.REGISTRATION: {"method": options.registration_method,
                              "reference": options.reference_timepoint},
         Stage.SEGMENTATION: {"backend": options.segmenter},
-        Stage.KINETICS: {"calibration": options.calibration_relative_sigma},
+        Stage.KINETICS: {"calibration": options.calibration_relative_sigma,
+                         "pvc_fwhm_mm": _pvc_fwhm(options, study)},
         Stage.DOSE: {"engine": options.dose_engine, "decays": options.mc_decays,
                      "seed": options.seed},
         Stage.PLANNING: {"protocol": options.protocol, "cycles_done": options.cycles_done,
@@ -144,6 +148,11 @@ def run_pipeline(manifest: str | Path, workdir: str | Path, options: PipelineOpt
     return res
 
 
+def _pvc_fwhm(o: PipelineOptions, study) -> float | None:
+    """FWHM for the partial-volume correction: the option, else the manifest's, else none."""
+    return o.pvc_fwhm_mm if o.pvc_fwhm_mm is not None else study.spect_fwhm_mm
+
+
 def _run_stage(stage: Stage, wd: WorkDir, o: PipelineOptions) -> None:
     if stage is Stage.REGISTRATION:
         from dosimetry.registration import register_study
@@ -158,7 +167,7 @@ def _run_stage(stage: Stage, wd: WorkDir, o: PipelineOptions) -> None:
         from planning.workflow.kinetics_stage import run_kinetics
 
         run_kinetics(wd, calibration_relative_sigma=o.calibration_relative_sigma,
-                     device=o.device)
+                     device=o.device, pvc_fwhm_mm=_pvc_fwhm(o, wd.study()))
     elif stage is Stage.DOSE:
         from planning.workflow.dose_stage import run_dose
         from planning.workflow.kinetics_stage import load_kinetics
@@ -184,10 +193,12 @@ def dosimetry_results(wd: WorkDir, engine: str):
     vois = []
     for d in dose["vois"]:
         k = kin[d["name"]]
+        if not k.success or not k.tia_bq_s > 0:
+            continue  # not fitted (no activity, failed fit): in fits.json and the report only
         exps = [{"amplitude": c / a0_bq, "rate_per_h": r * units.HOUR}
                 for c, r in k.exponentials]
         t_eff_h = None
-        if not exps and k.tia_bq_s > 0 and k.activity_bq[0] > 0:
+        if not exps and k.tia_bq_s > 0 and max(k.activity_bq) > 0:
             # Trapezoid model: the mono-exponential with the same TIA from the first sample.
             t_eff_h = math.log(2) * k.tia_bq_s / max(k.activity_bq) / units.HOUR
         rel_dose = d["mean_dose_sigma_gy"] / d["mean_dose_gy"] if d["mean_dose_gy"] else 0.0
@@ -291,10 +302,22 @@ def _run_report(wd: WorkDir, o: PipelineOptions) -> None:
         w.writerow([v.get(c, "") if v.get(c) is not None else "" for c in cols])
     atomic_write_text(out / "vois.csv", buf.getvalue())
 
+    truth_doses = None
+    if o.truth_dir is not None and (Path(o.truth_dir) / "tia.nii.gz").is_file():
+        from planning.workflow.truth_check import true_doses
+
+        # MC on the truth would double the run time; its organ means agree with DVK's to the
+        # DVK's validated accuracy, so the truth check uses DVK after an MC run.
+        truth_engine = o.dose_engine if o.dose_engine in ("led", "dvk") else "dvk"
+        truth_doses = true_doses(Path(o.truth_dir), engine=truth_engine, nuclide=study.nuclide,
+                                 ct=read_image(wd.root / Stage.REGISTRATION.value
+                                               / f"{ref}_ct.nii.gz"),
+                                 dose_grid=dose, out_json=out / "truth_check.json")
     hashes = {f"{tp.label} SPECT": _hash_ref(tp.spect.path) for tp in study.timepoints}
     report = build_report(wd, protocol_name=(results.get("plan") or {}).get("protocol")
                           or o.protocol or default_protocol_for(study),
-                          engine=o.dose_engine, truth_dir=o.truth_dir, input_hashes=hashes,
+                          engine=o.dose_engine, truth_dir=o.truth_dir, truth_doses=truth_doses,
+                          input_hashes=hashes,
                           options=o.model_dump(mode="json", exclude={"force", "truth_dir"}))
     write_html(report, out / "report.html")
     write_pdf(report, out / "report.pdf")

@@ -183,7 +183,8 @@ def test_dicom_round_trip_through_ingest_and_determinism(tmp_path):
     cfg = small_config(seed=9, output_format="dicom", timepoints_h=(4.0, 24.0, 96.0),
                        n_lesions=2, preset="lu177-psma", head_neck=True)
     res = make_patient(tmp_path / "s", cfg)
-    ingested = ingest_dicom(res.out_dir / "dicom", res.out_dir / "ingested.yaml")
+    ingested = ingest_dicom(res.out_dir / "dicom", res.out_dir / "ingested.yaml",
+                            spect_fwhm_mm=res.study.spect_fwhm_mm)
     assert ingested.missing == ()
     mine = load_study(res.manifest).model_dump(exclude={"source"})
     theirs = load_study(res.out_dir / "ingested.yaml").model_dump(exclude={"source"})
@@ -202,7 +203,7 @@ def test_dicom_counts_round_trip_with_calibration(tmp_path):
     res = make_patient(tmp_path / "s", cfg)
     cal = res.study.timepoints[0].calibration_cps_per_mbq
     ingest_dicom(res.out_dir / "dicom", res.out_dir / "ingested.yaml",
-                 calibration_cps_per_mbq=cal)
+                 calibration_cps_per_mbq=cal, spect_fwhm_mm=res.study.spect_fwhm_mm)
     mine = load_study(res.manifest).model_dump(exclude={"source"})
     theirs = load_study(res.out_dir / "ingested.yaml").model_dump(exclude={"source"})
     assert theirs == mine

@@ -93,6 +93,13 @@ def test_kinetics_dose_plan_report(prepared):
                     "Truth check", "Provenance"):
         assert heading in html
     assert study.patient_id in html
+    check = json.loads((out / "truth_check.json").read_text())["organs"]
+    # The true TIA carried onto the dose grid keeps its total per organ to the smoothing's
+    # spill across the organ border; the liver's is within 2 % of the truth table's.
+    assert check["liver"]["tia_mbq_h"] == pytest.approx(truth["liver"]["tia_mbq_h"], rel=0.02)
+    # Same engine on the true TIA: the pipeline's liver dose (no partial-volume correction in
+    # this call, 15 % TIA tolerance above) is within 20 % of it.
+    assert liver_dose.mean_dose_gy == pytest.approx(check["liver"]["mean_dose_gy"], rel=0.2)
     assert (out / "report.pdf").read_bytes().startswith(b"%PDF")
     rt = read_rtdose(out / "dose_rtdose.dcm")
     dose = read_image(out / "dose.nii.gz")
@@ -103,3 +110,26 @@ def test_kinetics_dose_plan_report(prepared):
     assert pydicom.dcmread(out / "dose_rtdose.dcm").PatientID == study.patient_id
     rows = (out / "vois.csv").read_text().splitlines()
     assert rows[0].startswith("name,kind,mass_g") and len(rows) == len(results.vois) + 1
+
+
+def test_partial_volume_correction_brings_organs_to_truth(prepared):
+    root, wd = prepared
+    study = wd.study()
+    assert study.spect_fwhm_mm is not None  # the digital patient states its resolution
+    truth = json.loads((root / "patient/truth/truth.json").read_text())["organs"]
+    plain = {v.name: v for v in run_kinetics(wd)}
+    pvc = {v.name: v for v in run_kinetics(wd, pvc_fwhm_mm=study.spect_fwhm_mm)}
+    record = json.loads((wd.root / "kinetics" / "fits.json").read_text())
+    assert record["partial_volume_correction"]["fwhm_mm"] == study.spect_fwhm_mm
+    for name in ("liver", "spleen", "kidney_left", "kidney_right"):
+        t = truth[name]["tia_mbq_h"] * 3.6e9
+        before = abs(plain[name].tia_bq_s / t - 1)
+        after = abs(pvc[name].tia_bq_s / t - 1)
+        # On this coarse test grid (6 mm CT, 9.6 mm SPECT voxels, 11 mm FWHM) the GTM's
+        # Gaussian model of voxel averaging and label rasterisation leave a few per cent;
+        # 8 % is well inside the 11–30 % losses the kidneys and spleen show uncorrected.
+        assert after < 0.08, (name, after)
+        if name != "liver":
+            assert after < before, (name, before, after)
+        # The correction's sensitivity to the FWHM enlarges the uncertainty.
+        assert pvc[name].tia_sigma_bq_s >= plain[name].tia_sigma_bq_s * 0.999
