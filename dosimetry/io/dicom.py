@@ -1344,3 +1344,35 @@ def read_nm_image(
                          "interpreted")
     img = _build(stack, what, stored_bytes=stored_bytes)
     return NMImage(image=img, units=NMUnits.COUNTS, info=info, warnings=tuple(info_notes))
+
+
+def read_dataset(path: str | os.PathLike[str]) -> Dataset:
+    """Read one DICOM file with pixel data; :class:`InputError` naming the file if unreadable."""
+    from pydicom.errors import InvalidDicomError
+
+    path = Path(path)
+    try:
+        return pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})"
+                         ) from None
+
+
+def find_object_file(path: str | os.PathLike[str], modality: str) -> Path:
+    """The one file of ``modality`` (e.g. RTSTRUCT, SEG) at ``path``: the file itself, or the
+    only such file in a folder tree; :class:`InputError` when none or several are there."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise InputError(f"{p}: {modality} file or folder not found")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # other files in the folder are not our concern here
+        scan = scan_dicom_folder(p)
+    found = [f for s in scan.by_modality(modality) for f in s.files]
+    if not found:
+        raise InputError(f"{p}: no {modality} file in the folder")
+    if len(found) > 1:
+        raise InputError(f"{p}: {len(found)} {modality} files "
+                         f"({', '.join(f.name for f in found)}); give the file to use")
+    return found[0]
