@@ -9,7 +9,9 @@ STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all bench lint clean
+DEMO_DIR ?= rptdose-demo
+
+.PHONY: setup test test-slow test-all bench lint demo clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,10 @@ test-slow: setup
 test-all: setup
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
+# A digital patient through the whole pipeline; prints the report's path at the end.
+demo: setup
+	$(VENV)/bin/rptdose demo -o $(DEMO_DIR)
+
 bench: setup
 	$(PY) -m bench
 
@@ -40,4 +46,4 @@ lint: setup
 	$(VENV)/bin/ruff check dosimetry planning phantoms cli tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(DEMO_DIR)

@@ -148,6 +148,11 @@ def ingest_cmd(
         str | None,
         typer.Option(help="Pseudonym to record (default: derived from the DICOM PatientID)."),
     ] = None,
+    spect_fwhm_mm: Annotated[
+        float | None,
+        typer.Option(help="Reconstructed SPECT resolution FWHM [mm] of your system; enables "
+                     "the partial-volume correction.", min=0.0),
+    ] = None,
     allow_mixed_patients: Annotated[
         bool, typer.Option(help="Accept a folder holding several patients.")
     ] = False,
@@ -171,6 +176,7 @@ def ingest_cmd(
             nuclide=nuclide,
             radiopharmaceutical=radiopharmaceutical,
             patient_id=patient_id,
+            spect_fwhm_mm=spect_fwhm_mm,
             allow_mixed_patients=allow_mixed_patients,
         )
     table = Table(
@@ -239,10 +245,26 @@ def validate_cmd(
 
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
+    from cli.cohort import cohort_app
     from cli.dose import dose_cmd, kernel_app
     from cli.phantom import phantom_app
     from cli.plan import bed_cmd, plan_cmd
+    from cli.register import register_cmd, train_registration_cmd
+    from cli.run import demo_cmd, run_cmd
+    from cli.segment import segment_cmd, train_lesions_cmd, train_segmentation_cmd
     from cli.tac import tac_app
+
+    train_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                            help="Train the models rptdose ships, reproducibly.")
+    train_app.command("segmentation")(train_segmentation_cmd)
+    train_app.command("registration")(train_registration_cmd)
+    train_app.command("lesions")(train_lesions_cmd)
+    app.command("run")(run_cmd)
+    app.command("demo")(demo_cmd)
+    app.command("register")(register_cmd)
+    app.command("segment")(segment_cmd)
+    app.add_typer(train_app, name="train")
+    app.add_typer(cohort_app, name="cohort", help="Run many studies in parallel on Dask.")
 
     app.add_typer(phantom_app, name="phantom", help="Digital patients with ground truth.")
     app.add_typer(tac_app, name="tac", help="Time-activity curves: fit, select, integrate.")

@@ -82,6 +82,8 @@ def atomic_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=folder.parent))
     try:
+        # mkdtemp makes the folder 0700; the finished folder gets the usual mode.
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         if folder.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old",

@@ -187,7 +187,21 @@ def run_kinetics(wd: WorkDir, *, calibration_relative_sigma: float =
         warnings.simplefilter("always")
         hybrid = hybrid_tia_map(spect_grid, times, lam, labels_used, voi_fits=fits,
                                 image_unit="Bq/mL", device=device)
-    write_image(sitk.Cast(hybrid.image, sitk.sitkFloat32), out / "tia_bq_s.nii.gz")
+    tia_map = hybrid.image
+    if pvc_record is not None:
+        # Voxel map: region-based voxel-wise correction, so that the activity spilled out of
+        # each VOI is not also left in its neighbours (it would add cross-dose).
+        from dosimetry.kinetics.gtm import BODY_HU, rbv_correct
+
+        ref = study.reference_timepoint or study.timepoints[0].label
+        ct_sg = sitk.Resample(read_image(reg / f"{ref}_ct.nii.gz"), labels_sg, sitk.Transform(),
+                              sitk.sitkLinear, -1000.0, sitk.sitkFloat32)
+        totals = {int(v.label): float(v.tia_bq_s) for v in vois if v.label in fits}
+        tia_map = rbv_correct(hybrid.image, labels_used, pvc_fwhm_mm, region_totals=totals,
+                              body=ct_sg > BODY_HU)
+        pvc_record["voxel_map"] = ("region-based voxel-wise correction (Thomas et al. 2011, "
+                                   "doi:10.1007/s00259-011-1745-9), VOI totals = fitted TIA")
+    write_image(sitk.Cast(tia_map, sitk.sitkFloat32), out / "tia_bq_s.nii.gz")
     write_image(labels_used, out / "labels_spectgrid.nii.gz")
     record = {"nuclide": study.nuclide, "decay_constant_per_s": lam,
               "calibration_relative_sigma": calibration_relative_sigma,

@@ -9,7 +9,9 @@ A failing stage raises :class:`StageError` naming the stage; earlier stages' res
 Exports (``WORKDIR/report/``): ``report.html``, ``report.pdf``, ``results.json`` (the
 :class:`planning.results.DosimetryResults` schema, with the plan), ``vois.csv``,
 ``dose.nii.gz``, ``dose_rtdose.dcm`` (DICOM RT Dose on the reference CT's frame of reference),
-``labels.nii.gz`` with ``labels.json``.
+``labels.nii.gz`` with ``labels.json`` and ``labels_rtstruct.dcm`` (RT Structure Set),
+``truth_check.json`` for digital patients. Privacy: exports carry the study's pseudonym and no
+other identifier unless ``keep_identifiers``; ``date_shift_days`` shifts every exported date.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict, Field
 
 from dosimetry import __version__, units
@@ -65,6 +69,10 @@ class PipelineOptions(BaseModel):
     device: str = "cpu"
     truth_dir: Path | None = None
     force: tuple[Stage, ...] = ()
+    #: Put the CT's patient name, ID and study UID into DICOM exports (default: pseudonym).
+    keep_identifiers: bool = False
+    #: Days added to every date in the exports and the report (consistent date shifting).
+    date_shift_days: int = Field(default=0, ge=-36500, le=36500)
 
 
 @dataclass
@@ -118,8 +126,11 @@ def run_pipeline(manifest: str | Path, workdir: str | Path, options: PipelineOpt
         Stage.DOSE: {"engine": options.dose_engine, "decays": options.mc_decays,
                      "seed": options.seed},
         Stage.PLANNING: {"protocol": options.protocol, "cycles_done": options.cycles_done,
-                         "confidence": options.confidence},
-        Stage.REPORT: {"truth": str(options.truth_dir), "version": __version__},
+                         "confidence": options.confidence,
+                         "date_shift_days": options.date_shift_days},
+        Stage.REPORT: {"truth": str(options.truth_dir), "version": __version__,
+                       "keep_identifiers": options.keep_identifiers,
+                       "date_shift_days": options.date_shift_days},
     }
     for i, stage in enumerate(ORDER):
         fp = fingerprint(stage.value, upstream, stage_options[stage])
@@ -181,7 +192,7 @@ def _run_stage(stage: Stage, wd: WorkDir, o: PipelineOptions) -> None:
 
 
 # ----------------------------------------------------------------------------------- planning
-def dosimetry_results(wd: WorkDir, engine: str):
+def dosimetry_results(wd: WorkDir, engine: str, date_shift_days: int = 0):
     """The stages' outputs as :class:`planning.results.DosimetryResults` (RESULTS.json)."""
     from planning.results import DosimetryResults
     from planning.workflow.kinetics_stage import load_kinetics
@@ -219,7 +230,8 @@ def dosimetry_results(wd: WorkDir, engine: str):
         "patient_id": study.patient_id, "nuclide": study.nuclide,
         "radiopharmaceutical": study.radiopharmaceutical, "cycle_number": 1,
         "administered_activity_mbq": study.administered_activity_mbq,
-        "administration_date": study.injection_datetime.date(),
+        "administration_date": (study.injection_datetime
+                                + timedelta(days=date_shift_days)).date(),
         "patient_weight_kg": study.patient_weight_kg, "vois": vois,
         "source": {"rptdose": __version__, "engine": engine}})
 
@@ -239,7 +251,7 @@ def _run_planning(wd: WorkDir, o: PipelineOptions) -> None:
     from planning.protocols import default_protocol
 
     out = wd.stage_dir(Stage.PLANNING)
-    results = dosimetry_results(wd, o.dose_engine)
+    results = dosimetry_results(wd, o.dose_engine, o.date_shift_days)
     name = o.protocol or default_protocol_for(wd.study())
     plan = None
     if name is not None:
@@ -276,21 +288,44 @@ def _run_report(wd: WorkDir, o: PipelineOptions) -> None:
     atomic_write_text(out / "labels.json", (seg / "labels.json").read_text(encoding="utf-8"))
 
     # DICOM RT Dose on the reference CT's frame of reference when the CT came as DICOM.
+    # Privacy: by default the exports carry the pseudonym only (no name, birth date or
+    # scanner IDs; a new study UID; dates shifted by --date-shift-days); --keep-identifiers
+    # copies the CT's patient name, ID and study UID so a TPS files the dose with the patient.
     ref = reference_label(study)
     tp = study.timepoint(ref)
     for_uid = uid_from_seed("frame-of-reference", study.patient_id, ref)
+    pid, pname = study.patient_id, study.patient_id
+    study_uid = uid_from_seed("study", study.patient_id)
     if tp.ct is not None and str(tp.ct.format) == "dicom":
         from dosimetry.study.images import dicom_series_of
 
         info = dicom_series_of(tp.ct, Path("/"), ("CT",))
         for_uid = info.frame_of_reference_uid or for_uid
+        if o.keep_identifiers:
+            pid, pname, study_uid = info.patient_id, info.patient_name or pid, info.study_uid
+    shift = timedelta(days=o.date_shift_days)
     meta = DicomSeriesMeta(
-        patient_id=study.patient_id, study_uid=uid_from_seed("study", study.patient_id),
+        patient_id=pid, patient_name=pname, study_uid=study_uid,
         series_uid=uid_from_seed("rtdose", study.patient_id, o.dose_engine),
         frame_of_reference_uid=for_uid, series_description=f"rptdose {o.dose_engine}",
+        study_datetime=study.injection_datetime + shift,
         manufacturer="rptdose", model_name=f"rptdose {__version__}")
     write_rtdose(dose, out / "dose_rtdose.dcm", meta,
                  comment=f"{study.nuclide} {o.dose_engine} rptdose {__version__}")
+
+    # The contours as an RT Structure Set on the same frame of reference.
+    from dosimetry.segmentation.contours import labelmap_rois
+    from dosimetry.segmentation.rtstruct import write_rtstruct
+    from planning.workflow.kinetics_stage import read_label_table
+
+    labels_img = sitk.Cast(read_image(seg / "labels.nii.gz", pixel_type=None), sitk.sitkUInt16)
+    table = read_label_table(seg / "labels.json")
+    names = {k: v[0] for k, v in table.items() if v[0] != "body"}
+    write_rtstruct(out / "labels_rtstruct.dcm", labelmap_rois(labels_img, names),
+                   frame_of_reference_uid=for_uid, patient_id=pid, study_uid=study_uid,
+                   series_uid=uid_from_seed("rtstruct", study.patient_id),
+                   interpreted_types=["GTV" if table[k][1] == "lesion" else "ORGAN"
+                                      for k in sorted(names)])
 
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     buf = io.StringIO()
@@ -312,12 +347,13 @@ def _run_report(wd: WorkDir, o: PipelineOptions) -> None:
         truth_doses = true_doses(Path(o.truth_dir), engine=truth_engine, nuclide=study.nuclide,
                                  ct=read_image(wd.root / Stage.REGISTRATION.value
                                                / f"{ref}_ct.nii.gz"),
-                                 dose_grid=dose, out_json=out / "truth_check.json")
+                                 dose_grid=dose, out_json=out / "truth_check.json",
+                                 pipeline_labels=(labels_img, table))
     hashes = {f"{tp.label} SPECT": _hash_ref(tp.spect.path) for tp in study.timepoints}
     report = build_report(wd, protocol_name=(results.get("plan") or {}).get("protocol")
                           or o.protocol or default_protocol_for(study),
                           engine=o.dose_engine, truth_dir=o.truth_dir, truth_doses=truth_doses,
-                          input_hashes=hashes,
+                          input_hashes=hashes, date_shift_days=o.date_shift_days,
                           options=o.model_dump(mode="json", exclude={"force", "truth_dir"}))
     write_html(report, out / "report.html")
     write_pdf(report, out / "report.pdf")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
     return f"{x:.{digits}g}"
+
+
+def _num(x: Any) -> float:
+    """A JSON number, NaN for null/absent (fits.json writes non-finite values as null)."""
+    return float("nan") if x is None else float(x)
 
 
 def _load(path: Path) -> Any:
@@ -166,7 +172,7 @@ def _flatten_qa(qa: Any) -> list[tuple[str, ...]]:
 def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
                  truth_dir: Path | None = None, truth_doses: dict[str, Any] | None = None,
                  input_hashes: dict[str, str] | None = None,
-                 options: dict[str, Any] | None = None) -> Report:
+                 options: dict[str, Any] | None = None, date_shift_days: int = 0) -> Report:
     """Assemble the report from the work folder's stage outputs."""
     study = wd.study()
     reg = wd.root / Stage.REGISTRATION.value
@@ -178,10 +184,12 @@ def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
     kin_by_name = {v["name"]: v for v in kin["vois"]}
     sections: list[Section] = []
 
+    injected = study.injection_datetime + timedelta(days=date_shift_days)
     header = (("patient (pseudonym)", study.patient_id),
               ("nuclide / radiopharmaceutical", f"{study.nuclide} {study.radiopharmaceutical}"),
               ("administered activity", f"{study.administered_activity_mbq:.0f} MBq on "
-                                        f"{study.injection_datetime:%Y-%m-%d %H:%M}"),
+                                        f"{injected:%Y-%m-%d %H:%M}"
+                                        + (" (date shifted)" if date_shift_days else "")),
               ("timepoints", ", ".join(f"{tp.label}" for tp in study.timepoints)),
               ("protocol", protocol_name or "none"),
               ("dose engine", engine))
@@ -218,8 +226,8 @@ def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
     rows = []
     for v in dose_vois:
         k = kin_by_name.get(v["name"], {})
-        tia = k.get("tia_bq_s", float("nan")) / (units.MBQ * units.HOUR)
-        tia_s = k.get("tia_sigma_bq_s", float("nan")) / (units.MBQ * units.HOUR)
+        tia = _num(k.get("tia_bq_s")) / (units.MBQ * units.HOUR)
+        tia_s = _num(k.get("tia_sigma_bq_s")) / (units.MBQ * units.HOUR)
         rows.append((v["name"], _fmt(v["mass_g"], 4), f"{_fmt(tia, 4)} ± {_fmt(tia_s, 2)}",
                      k.get("model", "–"),
                      f"{_fmt(v['mean_dose_gy'])} ± {_fmt(v['mean_dose_sigma_gy'], 2)}",
@@ -297,8 +305,23 @@ def _pvc_sentence(pvc: dict[str, Any] | None) -> str:
     return (f"Partial-volume correction: geometric transfer matrix (Rousset et al., J Nucl Med "
             f"1998;39:904) with a {pvc['fwhm_mm']:.1f} mm FWHM system resolution (Gaussian σ "
             f"{', '.join(f'{s:.1f}' for s in pvc['blur_sigma_mm'])} mm incl. SPECT voxel and "
-            f"resampling), condition number {pvc['condition_number']:.1f}; assumes uniform "
-            "activity per VOI. Its sensitivity to a 10 % FWHM error is in the TIA σ.")
+            f"resampling), condition number {pvc['condition_number']:.1f}; voxel TIA map by "
+            "region-based voxel-wise correction (Thomas et al., EJNMMI 2011;38:1104). Assumes "
+            "uniform activity per VOI for the spill between VOIs; the sensitivity to a 10 % "
+            "FWHM error is in the TIA σ.")
+
+
+def _lesion_detection_lines(matches: dict[str, str | None], organs: dict[str, Any]
+                            ) -> tuple[str, ...]:
+    if not matches:
+        return ()
+    found = {t for t in matches.values() if t is not None}
+    false_pos = sorted(o for o, t in matches.items() if t is None)
+    missed = sorted(n for n in organs if n.startswith("lesion") and n not in found)
+    return (f"Lesion detection: {len(found)} of {len(found) + len(missed)} true lesions found"
+            + (f" (missed: {', '.join(missed)})" if missed else "")
+            + f"; {len(false_pos)} false positive(s)"
+            + (f" ({', '.join(false_pos)})." if false_pos else "."),)
 
 
 def truth_section(truth_dir: Path, kin: dict[str, Any], dose_vois: list[dict[str, Any]],
@@ -310,20 +333,26 @@ def truth_section(truth_dir: Path, kin: dict[str, Any], dose_vois: list[dict[str
         organs = {o["name"]: o for o in organs}
     kin_by = {v["name"]: v for v in kin["vois"]}
     dose_by = {v["name"]: v for v in dose_vois}
+    matches = (truth_doses or {}).get("lesion_matches", {})
+    true_name = {ours: theirs for ours, theirs in matches.items() if theirs is not None}
     rows = []
-    for name, t in organs.items():
-        if name not in kin_by or not isinstance(t, dict):
+    pairs = [(n, n) for n in organs if n in kin_by and n not in matches]
+    pairs += [(ours, theirs) for ours, theirs in true_name.items() if ours in kin_by]
+    for name, tname in pairs:
+        t = organs.get(tname)
+        if not isinstance(t, dict):
             continue
         true_tia = t.get("tia_mbq_h")
-        est = kin_by[name]["tia_bq_s"] / (units.MBQ * units.HOUR)
-        sig = kin_by[name]["tia_sigma_bq_s"] / (units.MBQ * units.HOUR)
+        est = _num(kin_by[name]["tia_bq_s"]) / (units.MBQ * units.HOUR)
+        sig = _num(kin_by[name]["tia_sigma_bq_s"]) / (units.MBQ * units.HOUR)
         err = (est / true_tia - 1) * 100 if true_tia else float("nan")
         within = abs(est - true_tia) <= 2 * sig if true_tia else False
-        true_dose = ((truth_doses or {}).get("organs", {}).get(name, {}).get("mean_dose_gy")
+        true_dose = ((truth_doses or {}).get("organs", {}).get(tname, {}).get("mean_dose_gy")
                      or t.get("mean_dose_gy"))
         d = dose_by.get(name, {}).get("mean_dose_gy")
         derr = (d / true_dose - 1) * 100 if true_dose and d is not None else float("nan")
-        rows.append((name, _fmt(true_tia, 4), _fmt(est, 4), f"{err:+.1f} %",
+        shown = name if name == tname else f"{name} (true {tname})"
+        rows.append((shown, _fmt(true_tia, 4), _fmt(est, 4), f"{err:+.1f} %",
                      "yes" if within else "no", _fmt(true_dose), _fmt(d),
                      f"{derr:+.1f} %" if math.isfinite(derr) else "–"))
     return Section("Truth check (digital patient)", (
@@ -331,7 +360,9 @@ def truth_section(truth_dir: Path, kin: dict[str, Any], dose_vois: list[dict[str
         "each estimate and whether the truth lies within its 2σ interval are shown. The true "
         "dose is the dose of the true TIA map with the same engine and dose grid, so the dose "
         "error is that of the activity chain (registration, segmentation, partial volume, "
-        "kinetics); the engine's own error is in the validation figures.",),
+        "kinetics); the engine's own error is in the validation figures. Detected lesions "
+        "are matched to the true ones by voxel overlap.",
+        *_lesion_detection_lines(matches, organs)),
         (Table("Estimated against true", ("VOI", "true TIA [MBq·h]", "estimated", "error",
                                           "within 2σ", "true dose [Gy]", "dose [Gy]",
                                           "dose error"), tuple(rows)),))
