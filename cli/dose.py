@@ -27,7 +27,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from dosimetry.errors import InputError
 
-__all__ = ["DeviceChoice", "TiaUnit", "dose_app", "dose_cmd", "kernel_app", "kernel_make_cmd"]
+__all__ = ["DeviceChoice", "TiaUnit", "dose_app", "dose_cmd", "kernel_app", "kernel_make_cmd",
+           "train_dose_cmd"]
 
 kernel_app = typer.Typer(
     help="Dose voxel kernels (voxel S-values) made by rptdose's Monte Carlo.",
@@ -65,6 +66,7 @@ class EngineChoice(StrEnum):
     LED = "led"
     DVK = "dvk"
     MC = "mc"
+    DEEP = "deep"
 
 
 def parse_voxel_mm(text: str) -> tuple[float, float, float]:
@@ -165,14 +167,15 @@ def dose_cmd(
         help="CT [HU] for densities and materials (resampled to the TIA grid if needed).")]
     = None,
     engine: Annotated[EngineChoice, typer.Option(
-        help="led (local deposition), dvk (kernel convolution) or mc (Monte Carlo).")]
+        help="led (local deposition), dvk (kernel convolution), mc (Monte Carlo) or deep "
+             "(DVK corrected by a CNN ensemble trained on MC).")]
     = EngineChoice.DVK,
     decays: Annotated[int, typer.Option(
         help="Decays: simulated by mc, or for a dvk kernel not yet cached.", min=1)]
     = 1_000_000,
     emissions: Annotated[str, typer.Option(
         help="Radiations: comma-separated beta, ic, auger, gamma, x (or all).")] = "all",
-    device: Annotated[DeviceChoice, typer.Option(help="cpu or cuda (mc, kernels).")]
+    device: Annotated[DeviceChoice, typer.Option(help="cpu or cuda (mc, deep, kernels).")]
     = DeviceChoice.CPU,
     tia_unit: Annotated[TiaUnit, typer.Option(help="Unit of the TIA voxel values.")]
     = TiaUnit.BQ_S,
@@ -181,11 +184,14 @@ def dose_cmd(
         help="led: deposit photon energy locally too.")] = False,
     kernel: Annotated[Path | None, typer.Option(
         help="dvk: kernel image [mGy/(MBq·s)] to use instead of the cache.")] = None,
+    weights: Annotated[Path | None, typer.Option(
+        help="deep: weight file to use instead of the shipped one.")] = None,
 ) -> None:
-    """Absorbed-dose map [Gy] from a TIA map with the LED, DVK or Monte Carlo engine.
+    """Absorbed-dose map [Gy] from a TIA map with the LED, DVK, Monte Carlo or deep engine.
 
-    Writes the dose image, a JSON sidecar with the engine's metadata and, for mc, the
-    statistical uncertainty (1σ, Gy) as <name>.sigma.<ext>.
+    Writes the dose image, a JSON sidecar with the engine's metadata and, for mc and deep,
+    the uncertainty (1σ, Gy; statistical for mc, calibrated model error for deep) as
+    <name>.sigma.<ext>.
     """
     import SimpleITK as sitk
 
@@ -206,6 +212,12 @@ def dose_cmd(
         options.update(seed=seed, device=device.value, kernel_decays=decays)
         if kernel is not None:
             options["kernel"] = read_kernel(kernel)
+    elif engine is EngineChoice.DEEP:
+        options.update(seed=seed, device=device.value, kernel_decays=decays)
+        if weights is not None:
+            if not weights.is_file():
+                raise InputError(f"--weights {weights}: no such file")
+            options["weights"] = str(weights)
     else:
         options.update(seed=seed, device=device.value, n_decays=decays)
     if engine is EngineChoice.MC:
@@ -231,6 +243,74 @@ def dose_cmd(
         f"{engine.value}: {result.nuclide} ({','.join(e.value for e in result.emissions)}), "
         f"max {float(arr.max()):.4g} Gy; wrote {', '.join(written)}"
     )
+
+
+def train_dose_cmd(
+    nuclide: Annotated[str, typer.Option(help="Lu-177 or I-131.")],
+    output: Annotated[Path | None, typer.Option(
+        "-o", "--output", help="Weight file (default: the shipped one for the nuclide); a "
+                               ".json with the training record is written beside it.")] = None,
+    work: Annotated[Path | None, typer.Option(
+        help="Folder for the training patches and MC targets (kept; reused when present). "
+             "Default: <cache>/deepdose/<nuclide>.")] = None,
+    patients: Annotated[int, typer.Option(help="Training digital patients.", min=1)] = 24,
+    heldout_patients: Annotated[int, typer.Option(
+        help="Held-out digital patients (half calibrate σ, half test).", min=2)] = 6,
+    patches_per_patient: Annotated[int, typer.Option(min=1)] = 6,
+    patch_size: Annotated[int, typer.Option(help="Patch edge (voxels).", min=16)] = 32,
+    decays: Annotated[int, typer.Option(help="MC decays per patch.", min=1000)] = 2_000_000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps per member.", min=1)] = 2000,
+    members: Annotated[int, typer.Option(help="Ensemble members.", min=1)] = 4,
+    device: Annotated[DeviceChoice, typer.Option(help="cpu or cuda (MC and training).")]
+    = DeviceChoice.CPU,
+    seed: Annotated[int, typer.Option(help="Seed of the patches and of the training.",
+                                      min=0)] = 0,
+) -> None:
+    """Train the deep dose engine on fast-MC dose of digital-patient patches (reproducible).
+
+    Patients 710000+ (Lu-177) or 720000+ (I-131) train, the next block of seeds is held out.
+    """
+    import os
+
+    from dosimetry.dose.deep import weights_path
+    from dosimetry.dose.deep.build import build_model
+    from dosimetry.dose.deep.train import TrainSettings
+    from dosimetry.dose.kernels import kernel_cache_dir
+    from phantoms.dose_data import DosePatchConfig, canonical_nuclide, make_dose_patches
+
+    nuc = canonical_nuclide(nuclide)
+    base = {"Lu-177": 710000, "I-131": 720000}.get(nuc)
+    if base is None:
+        raise InputError(f"--nuclide {nuclide}: deep dose training supports Lu-177 and I-131")
+    base += 100 * seed
+    target = output or weights_path(nuc)
+    work = work or kernel_cache_dir().parent / "deepdose" / nuc
+    folders = {"train": (work / "train", tuple(range(base, base + patients))),
+               "heldout": (work / "heldout",
+                           tuple(range(base + 1000, base + 1000 + heldout_patients)))}
+    for name, (folder, seeds) in folders.items():
+        if (folder / "index.json").is_file():
+            out.print(f"reusing the {name} patches in {folder}")
+            continue
+        cfg = DosePatchConfig(nuclide=nuc, patient_seeds=seeds, patch_size=patch_size,
+                              patches_per_patient=patches_per_patient, seed=seed)
+        progress, task = _progress(f"{name} patches")
+        with progress:
+            make_dose_patches(folder, cfg, progress=_callback(progress, task))
+    settings = TrainSettings(members=members, steps=steps, seed=seed)
+    command = (f"rptdose train dose --nuclide {nuc} --patients {patients} --heldout-patients "
+               f"{heldout_patients} --patches-per-patient {patches_per_patient} --patch-size "
+               f"{patch_size} --decays {decays} --steps {steps} --members {members} "
+               f"--device {device.value} --seed {seed}")
+    meta = build_model(folders["train"][0], folders["heldout"][0], target, settings=settings,
+                       device=device.value, n_decays=decays, command=command,
+                       log=lambda msg: out.print(msg))
+    reg = meta["heldout_metrics"]["regions"]
+    summary = ", ".join(f"{r} deep {100 * v['deep'].get('mean', float('nan')):+.1f} % vs dvk "
+                        f"{100 * v['dvk'].get('mean', float('nan')):+.1f} %"
+                        for r, v in reg.items() if v["deep"].get("n"))
+    out.print(f"wrote {target} ({os.path.getsize(target) / 1e6:.1f} MB); held-out mean-dose "
+              f"error {summary}")
 
 
 dose_app.add_typer(kernel_app, name="kernel")

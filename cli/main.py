@@ -246,7 +246,7 @@ def validate_cmd(
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
     from cli.cohort import cohort_app
-    from cli.dose import dose_cmd, kernel_app
+    from cli.dose import dose_cmd, kernel_app, train_dose_cmd
     from cli.phantom import phantom_app
     from cli.plan import bed_cmd, plan_cmd
     from cli.register import register_cmd, train_registration_cmd
@@ -259,6 +259,7 @@ def _register() -> None:
     train_app.command("segmentation")(train_segmentation_cmd)
     train_app.command("registration")(train_registration_cmd)
     train_app.command("lesions")(train_lesions_cmd)
+    train_app.command("dose")(train_dose_cmd)
     app.command("run")(run_cmd)
     app.command("demo")(demo_cmd)
     app.command("register")(register_cmd)

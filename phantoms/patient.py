@@ -363,30 +363,13 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
         # ------------------------------------------------------------------ kinetics
         report("kinetics", 0.15)
         t0 = time.perf_counter()
-        ktab = _kinetics_tables(anatomy, preset)
-        labels_core = anatomy.labels[anatomy.core]
+        kin = patient_kinetics(anatomy, preset, seed, head_neck, config.administered_activity_mbq)
+        ktab, n_vox, mass_by_label, masses = kin.ktab, kin.n_vox, kin.mass_by_label, kin.masses
+        label_of, weight_kg, drawn = kin.label_of, kin.weight_kg, kin.drawn
+        curves, weights, a0_bq, tia_bq_s = kin.curves, kin.weights, kin.a0_bq, kin.tia_bq_s
         vox_ml = anatomy.grid.voxel_volume_ml
-        n_vox, mass_by_label = label_masses(labels_core, ktab["density"], vox_ml)
-        name_of = ktab["name"]
-        masses = {name_of[lab]: m for lab, m in mass_by_label.items()}
-        kinds = {name_of[lab]: ktab["kind"][lab] for lab in mass_by_label}
-        factors = {name_of[lab]: ktab["factor"][lab] for lab in mass_by_label}
-        misc = _rng(seed, "misc")
-        fov_kg = math.fsum(masses.values()) / units.G_PER_KG
-        frac = float(misc.uniform(0.64, 0.72) if head_neck else misc.uniform(0.52, 0.60))
-        weight_kg = round(fov_kg / frac, 1)
-        lesion_ml = {name_of[lab]: n_vox[lab] * vox_ml for lab in n_vox
-                     if lab > LESION_LABEL_BASE}
-        drawn = draw_kinetics(preset, _rng(seed, "kinetics"), lesion_ml,
-                              config.administered_activity_mbq)
-        curves = label_curves(drawn, kinds, masses, factors, weight_kg, head_neck)
-        worst = check_conservation(curves, lam, 60 * nuclide.half_life_s)
-        if worst < -1e-12:  # pragma: no cover - the model conserves by construction
-            raise RuntimeError(f"phantom kinetics violate activity conservation by {worst:g}")
-        weights = voxel_weights(anatomy.labels, anatomy.core, _lesion_texture(anatomy))
-        a0_bq = units.mbq_to_bq(drawn.administered_activity_mbq)
-        label_of = {v: k for k, v in name_of.items()}
-        tia_bq_s = {n: a0_bq * c.integral_s(lam) for n, c in curves.in_fov.items()}
+        labels_core = anatomy.labels[anatomy.core]
+        misc = kin.misc
         timings["kinetics"] = time.perf_counter() - t0
 
         # ------------------------------------------------------------------ times and ids
@@ -512,6 +495,68 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
     rel = tuple(sorted(Path(os.path.relpath(p, tmp)) for p in files))
     return PatientResult(out_dir=out_dir, manifest=out_dir / manifest.name, study=study,
                          truth=truth, files=rel, timings_s=timings)
+
+
+@dataclass(frozen=True, eq=False)
+class PatientKinetics:
+    """The drawn kinetics of a digital patient (see :func:`patient_kinetics`)."""
+
+    ktab: dict[str, dict[int, Any]]
+    n_vox: dict[int, int]
+    mass_by_label: dict[int, float]
+    masses: dict[str, float]
+    name_of: dict[int, str]
+    label_of: dict[str, int]
+    weight_kg: float
+    drawn: Any
+    curves: Any
+    weights: np.ndarray
+    a0_bq: float
+    tia_bq_s: dict[str, float]
+    misc: np.random.Generator
+
+    def tia_map(self, labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """True TIA per voxel (Bq·s, float64) of a label map on the anatomy's grid."""
+        w = self.weights if weights is None else weights
+        return label_map_values(labels, w, {self.label_of[n]: v
+                                            for n, v in self.tia_bq_s.items()})
+
+
+def patient_kinetics(anatomy: Anatomy, preset, seed: int, head_neck: bool,
+                     administered_activity_mbq: float | None = None) -> PatientKinetics:
+    """Draw the kinetics of a patient: organ masses, curves and TIA per label (in the FOV).
+
+    The random streams are the ones :func:`make_patient` uses, so the same seed gives the same
+    kinetics here and in a written study.
+    """
+    from dosimetry.nuclides import get_nuclide
+
+    lam = get_nuclide(preset.nuclide).decay_constant_per_s
+    ktab = _kinetics_tables(anatomy, preset)
+    labels_core = anatomy.labels[anatomy.core]
+    vox_ml = anatomy.grid.voxel_volume_ml
+    n_vox, mass_by_label = label_masses(labels_core, ktab["density"], vox_ml)
+    name_of = ktab["name"]
+    masses = {name_of[lab]: m for lab, m in mass_by_label.items()}
+    kinds = {name_of[lab]: ktab["kind"][lab] for lab in mass_by_label}
+    factors = {name_of[lab]: ktab["factor"][lab] for lab in mass_by_label}
+    misc = _rng(seed, "misc")
+    fov_kg = math.fsum(masses.values()) / units.G_PER_KG
+    frac = float(misc.uniform(0.64, 0.72) if head_neck else misc.uniform(0.52, 0.60))
+    weight_kg = round(fov_kg / frac, 1)
+    lesion_ml = {name_of[lab]: n_vox[lab] * vox_ml for lab in n_vox
+                 if lab > LESION_LABEL_BASE}
+    drawn = draw_kinetics(preset, _rng(seed, "kinetics"), lesion_ml, administered_activity_mbq)
+    curves = label_curves(drawn, kinds, masses, factors, weight_kg, head_neck)
+    worst = check_conservation(curves, lam, 60 * get_nuclide(preset.nuclide).half_life_s)
+    if worst < -1e-12:  # pragma: no cover - the model conserves by construction
+        raise RuntimeError(f"phantom kinetics violate activity conservation by {worst:g}")
+    weights = voxel_weights(anatomy.labels, anatomy.core, _lesion_texture(anatomy))
+    a0_bq = units.mbq_to_bq(drawn.administered_activity_mbq)
+    label_of = {v: k for k, v in name_of.items()}
+    tia_bq_s = {n: a0_bq * c.integral_s(lam) for n, c in curves.in_fov.items()}
+    return PatientKinetics(ktab, n_vox, mass_by_label, masses, name_of, label_of, weight_kg,
+                           drawn, curves, weights, a0_bq, tia_bq_s, misc)
 
 
 # ============================================================================== pieces

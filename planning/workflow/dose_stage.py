@@ -12,7 +12,8 @@ Uncertainty of a VOI mean dose (standard, 1σ), three terms in quadrature:
 * TIA: the kinetics stage's σ (fit + calibration) — the dose is proportional to the TIA of the
   source, and for organs the self-dose dominates;
 * engine statistics: from the engine's σ map (MC), combined over the VOI's SPECT-grid voxels
-  as independent, √(Σσ²)/N;
+  as independent, √(Σσ²)/N; for the deep engine its model σ instead, as the mean voxel σ
+  rescaled to the organ-mean calibration (α_VOI/α), plus the 2 % of the MC it reproduces;
 * dose conversion: a relative term per engine for the method's own error against full
   transport — LED 10 %, DVK 5 %, MC 2 % (values for organs in soft tissue; LED and single-
   kernel DVK errors of 7–10 % against MC are reported by Lee et al. 2019,
@@ -37,7 +38,7 @@ from dosimetry.study.workdir import Stage, WorkDir
 from planning.workflow.kinetics_stage import VoiKinetics
 
 #: Relative standard uncertainty of the dose-conversion method for organ means (see module).
-DOSE_CONVERSION_RELATIVE_SIGMA = {"led": 0.10, "dvk": 0.05, "mc": 0.02, "deep": 0.05,
+DOSE_CONVERSION_RELATIVE_SIGMA = {"led": 0.10, "dvk": 0.05, "mc": 0.02, "deep": 0.02,
                                   "gate": 0.02}
 
 
@@ -105,6 +106,8 @@ def run_dose(wd: WorkDir, vois: list[VoiKinetics], *, engine: str = "dvk", devic
         options = {"n_decays": int(mc_decays), "seed": int(seed), "device": device}
         if progress is not None:
             options["progress"] = progress
+    elif engine == "deep":
+        options = {"device": device, "seed": int(seed)}
     # The engines announce fallbacks (e.g. HU clipped to the calibration range) as warnings:
     # they are recorded with the engine's metadata and shown in the report.
     with warnings.catch_warnings(record=True) as caught:
@@ -149,12 +152,20 @@ def run_dose(wd: WorkDir, vois: list[VoiKinetics], *, engine: str = "dvk", devic
         mean = float(values.mean())
         mass = float(density[mask].sum() * voxel_ml)
         rel_tia = (v.tia_sigma_bq_s / v.tia_bq_s) if v.success and v.tia_bq_s > 0 else 0.0
-        rel_stat = 0.0
+        rel_stat = rel_model = 0.0
         if sigma_sg is not None and mean > 0:
             m_sg = lab_sg == v.label
-            if m_sg.any():
+            if m_sg.any() and str(result.engine) == "deep":
+                # model error, correlated between voxels: the mean voxel σ, rescaled from the
+                # voxel calibration (α) to the organ-mean one (α_VOI)
+                model = result.metadata.get("model", {})
+                scale = model.get("alpha_voi", model.get("alpha", 1.0)) / model.get("alpha", 1.0)
+                rel_model = float(np.mean(sigma_sg[m_sg])) * scale / mean
+            elif m_sg.any():
                 rel_stat = float(np.sqrt(np.sum(sigma_sg[m_sg] ** 2)) / m_sg.sum()) / mean
         comps = {"tia": rel_tia, "engine_statistics": rel_stat, "dose_conversion": conv}
+        if str(result.engine) == "deep":
+            comps["deep_model"] = rel_model
         rel = float(np.sqrt(sum(c * c for c in comps.values())))
         tissue, _matched = tissue_for_voi(v.name, v.kind == "lesion")
         g = b = None

@@ -53,7 +53,7 @@ class PipelineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dose_engine: str = Field(default="dvk", pattern="^(led|dvk|mc)$")
+    dose_engine: str = Field(default="dvk", pattern="^(led|dvk|mc|deep)$")
     segmenter: str = "builtin"
     registration_method: str = Field(default="classical", pattern="^(classical|learned)$")
     reference_timepoint: str | None = None

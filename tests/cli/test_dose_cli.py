@@ -87,3 +87,30 @@ def test_parse_voxel_mm():
         parse_voxel_mm("a")
     with pytest.raises(InputError, match="three sizes > 0"):
         parse_voxel_mm("1,2")
+
+
+def test_dose_deep_engine_writes_dose_sigma_and_record(app, tmp_path):
+    tia = np.full((14, 14, 14), 1e5)
+    tia[5:9, 5:9, 5:9] = 1e9
+    hu = np.zeros((14, 14, 14))
+    hu[:, :, :4] = -800.0
+    tia_path = _write(tmp_path / "tia.nii.gz", tia)
+    ct_path = _write(tmp_path / "ct.nii.gz", hu)
+    out = tmp_path / "dose_deep.nii.gz"
+    r = CliRunner().invoke(app, ["dose", str(tia_path), "--ct", str(ct_path), "--nuclide",
+                                 "Lu-177", "--engine", "deep", "-o", str(out), "--decays",
+                                 "100000"])
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "dose_deep.json").read_text())
+    assert meta["engine"] == "deep" and meta["model"]["sha256"]
+    sig = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "dose_deep.sigma.nii.gz")))
+    dose = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    hot = dose > 0.5 * dose.max()
+    rel = sig[hot] / dose[hot]
+    # a model σ: at least α·1 % (the floor), well below the dose itself
+    assert rel.min() >= 0.999 * meta["model"]["alpha"] * 0.01 and rel.max() < 0.5
+    r = CliRunner().invoke(app, ["dose", str(tia_path), "--nuclide", "Lu-177", "--engine",
+                                 "deep", "-o", str(tmp_path / "x.nii.gz"), "--weights",
+                                 str(tmp_path / "none.pt")])
+    assert r.exit_code != 0
+    assert "none.pt" in str(r.exception) + r.output
