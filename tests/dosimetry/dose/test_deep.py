@@ -131,13 +131,15 @@ def test_weights_errors_name_the_file(tmp_path):
 
 # ---------------------------------------------------------------------------- engine
 def _phantom(n: int = 28, spacing: float = 4.42) -> tuple[sitk.Image, sitk.Image]:
-    """Soft tissue with a lung slab and a bone slab beside an active 'kidney' cube."""
+    """Soft tissue with a lung slab and a bone slab on either side of an active 'kidney'
+    cube (lung, cube and bone touch along x)."""
     hu = np.zeros((n, n, n), np.float32)
-    hu[:, :, : n // 3] = -750.0  # lung
-    hu[:, :, -4:] = 1000.0  # bone
+    x0 = n // 3
+    hu[:, :, :x0] = -750.0  # lung
+    hu[:, :, x0 + 8:x0 + 12] = 1000.0  # bone
     tia = np.zeros_like(hu)
     c = n // 2
-    tia[c - 4:c + 4, c - 4:c + 4, n // 3:n // 3 + 8] = 1e9
+    tia[c - 4:c + 4, c - 4:c + 4, x0:x0 + 8] = 1e9
     tia += 1e6
     ct = sitk.GetImageFromArray(hu)
     ct.SetSpacing((spacing,) * 3)
