@@ -24,8 +24,8 @@ import numpy as np
 
 from phantoms.anatomy import LESION_LABEL_BASE
 
-#: Decays of the reference MC run (per nuclide; a whole patient runs at ≈ 2–4·10⁴ decays/s on
-#: 2 threads); --quick uses a tenth.
+#: Decays of the reference MC run (per nuclide; a whole patient ran at 1·10⁴ decays/s on a
+#: loaded 2-core machine, Lu-177); --quick uses a tenth.
 REF_DECAYS = 5_000_000
 PATIENTS = {"Lu-177": 990002, "I-131": 990003}
 ORGANS = {
@@ -95,7 +95,9 @@ def _one(nuclide: str, seed: int, decays: int) -> None:
         mc_s = np.sqrt((r_sig[m] ** 2).sum()) / m.sum() / mc_mean
         e_deep = arrs["deep"][m].mean() / mc_mean - 1
         e_dvk = arrs["dvk"][m].mean() / mc_mean - 1
-        s_deep = d_sig[m].mean() / arrs["deep"][m].mean()
+        # organ-mean σ: the mean voxel σ rescaled to the organ-level calibration (α_VOI/α)
+        model = deep.metadata["model"]
+        s_deep = (d_sig[m].mean() / arrs["deep"][m].mean()) * model["alpha_voi"] / model["alpha"]
         ok = abs(e_deep) <= 2 * np.hypot(s_deep, mc_s)
         print(f"| {name} | {mc_mean:.4g} | {100 * mc_s:.2f} % | {100 * e_deep:+.1f} % | "
               f"{100 * s_deep:.1f} % | {'yes' if ok else 'no'} | {100 * e_dvk:+.1f} % |")
