@@ -268,7 +268,8 @@ def train_dose_cmd(
 ) -> None:
     """Train the deep dose engine on fast-MC dose of digital-patient patches (reproducible).
 
-    Patients 710000+ (Lu-177) or 720000+ (I-131) train, the next block of seeds is held out.
+    Patients 710000+ (Lu-177) or 720000+ (I-131) train, the block 1000 higher is held out
+    (+100 per --seed); patch positions are drawn from the first patient seed of each block.
     """
     import os
 
@@ -293,7 +294,7 @@ def train_dose_cmd(
             out.print(f"reusing the {name} patches in {folder}")
             continue
         cfg = DosePatchConfig(nuclide=nuc, patient_seeds=seeds, patch_size=patch_size,
-                              patches_per_patient=patches_per_patient, seed=seed)
+                              patches_per_patient=patches_per_patient, seed=seeds[0])
         progress, task = _progress(f"{name} patches")
         with progress:
             make_dose_patches(folder, cfg, progress=_callback(progress, task))
