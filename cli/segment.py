@@ -80,6 +80,17 @@ def segment_cmd(
     out.print(f"{escape(str(result.labels_path))}: {escape(state)}")
 
 
+def _with_training_bar(train_fn, *args, **kwargs):
+    """Run ``train_fn(*args, progress=…, **kwargs)`` under a progress bar; its result."""
+    with _progress() as bar:
+        task = bar.add_task("training", total=1.0)
+
+        def update(step: str, frac: float) -> None:
+            bar.update(task, completed=frac, description=step[:34])
+
+        return train_fn(*args, progress=update, **kwargs)
+
+
 def train_segmentation_cmd(
     seed: Annotated[int, typer.Option(help="Seed of everything random (0–89).")] = 0,
     epochs: Annotated[int, typer.Option(help="Epochs of 50 optimiser steps.", min=1)] = 70,
@@ -92,13 +103,7 @@ def train_segmentation_cmd(
     """Train the built-in CT organ model on digital patients (reproducible from the seed)."""
     from dosimetry.segmentation import train_segmentation
 
-    with _progress() as bar:
-        task = bar.add_task("training", total=1.0)
-
-        def update(step: str, frac: float) -> None:
-            bar.update(task, completed=frac, description=step[:34])
-
-        result = train_segmentation(seed, epochs, output, device=device, progress=update)
+    result = _with_training_bar(train_segmentation, seed, epochs, output, device=device)
     table = Table("organ", "held-out Dice (mean)", "min", title="held-out digital patients",
                   title_justify="left")
     for organ, d in result.heldout.get("mean", {}).items():
@@ -120,12 +125,6 @@ def train_lesions_cmd(
     """Train the lesion model on simulated SPECT/CT of digital patients (reproducible)."""
     from dosimetry.segmentation.lesion_model import train_lesion_model
 
-    with _progress() as bar:
-        task = bar.add_task("training", total=1.0)
-
-        def update(step: str, frac: float) -> None:
-            bar.update(task, completed=frac, description=step[:34])
-
-        card = train_lesion_model(seed, epochs, output, device=device, progress=update)
+    card = _with_training_bar(train_lesion_model, seed, epochs, output, device=device)
     out.print(f"wrote {escape(card['weights_file'])} (sha256 {card['sha256']}) and its model "
               "card")
