@@ -46,7 +46,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -87,6 +87,7 @@ class DoseEngine(StrEnum):
     DVK = "dvk"
     MC = "mc"
     DEEP = "deep"
+    GATE = "gate"
 
 
 @dataclass(frozen=True, eq=False)
@@ -345,6 +346,48 @@ def dose_dvk(
     return DoseResult(_to_image(dose, tia), None, DoseEngine.DVK, str(nuc), em, meta)
 
 
+class _MCInputs(NamedTuple):
+    """The arrays of a Monte Carlo dose run, prepared from the images by :func:`_mc_inputs`."""
+
+    source: np.ndarray  # (z, y, x) float64 TIA (Bq·s per voxel), negatives set to 0
+    total_tia_bq_s: float  # its sum: decays in the patient, scales the dose per decay
+    spectrum: SourceSpectrum
+    spacing: tuple[float, float, float]  # voxel size x, y, z (mm)
+    material_index: np.ndarray  # (z, y, x) int index into ``materials``
+    density: np.ndarray  # (z, y, x) float32 g/cm³
+    materials: tuple[Material, ...]
+    metadata: dict[str, Any]  # how the densities were obtained
+
+
+def _mc_inputs(tia: sitk.Image, nuclide: str, ct: sitk.Image | None,
+               emissions: str | Iterable[Emission | str] | None,
+               material: Material | str) -> _MCInputs:
+    """Check the TIA map and make the source, material and density arrays of an MC dose run.
+
+    Shared by :func:`dose_mc` and :func:`dosimetry.dose.mc.split.dose_mc_split`, so that both see
+    the same patient. With a CT: Schneider materials and densities on the TIA grid
+    (:func:`_density_map`); without: a homogeneous grid of ``material``.
+    """
+    arr = np.asarray(_check_tia(tia), dtype=np.float64)
+    total = float(arr.sum())
+    if not total > 0:
+        raise InputError("the TIA map is zero everywhere: no decays to simulate")
+    spec: SourceSpectrum = source_spectrum(nuclide, emissions)
+    sx, sy, sz = (float(s) for s in tia.GetSpacing())
+    if ct is None:
+        mat = get_material(material) if isinstance(material, str) else material
+        rho = np.full(arr.shape, mat.density_gcm3, dtype=np.float32)
+        mat_idx = np.zeros(arr.shape, dtype=np.int16)
+        materials: tuple[Material, ...] = (mat,)
+        meta: dict[str, Any] = {"density": f"uniform {mat.name} {mat.density_gcm3:g} g/cm³"}
+    else:
+        rho64, meta, cmap = _density_map(tia, ct, None)
+        rho = rho64.astype(np.float32)
+        mat_idx = cmap.material_index
+        materials = tuple(cmap.materials)
+    return _MCInputs(arr, total, spec, (sx, sy, sz), mat_idx, rho, materials, meta)
+
+
 def dose_mc(
     tia: sitk.Image,
     nuclide: str,
@@ -386,26 +429,13 @@ def dose_mc(
     """
     from dosimetry.dose.mc.engine import MCSettings, energy_to_dose_gy, simulate
 
-    arr = np.asarray(_check_tia(tia), dtype=np.float64)
-    total = float(arr.sum())
-    if not total > 0:
-        raise InputError("the TIA map is zero everywhere: no decays to simulate")
-    spec: SourceSpectrum = source_spectrum(nuclide, emissions)
-    spacing = tuple(float(s) for s in tia.GetSpacing())
-    if ct is None:
-        mat = get_material(material) if isinstance(material, str) else material
-        rho = np.full(arr.shape, mat.density_gcm3, dtype=np.float32)
-        mat_idx = np.zeros(arr.shape, dtype=np.int16)
-        materials: tuple[Material, ...] = (mat,)
-        meta: dict[str, Any] = {"density": f"uniform {mat.name} {mat.density_gcm3:g} g/cm³"}
-    else:
-        rho64, meta, cmap = _density_map(tia, ct, None)
-        rho = rho64.astype(np.float32)
-        mat_idx = cmap.material_index
-        materials = cmap.materials
+    p = _mc_inputs(tia, nuclide, ct, emissions, material)
+    arr, total, spec, spacing, rho = p.source, p.total_tia_bq_s, p.spectrum, p.spacing, p.density
+    meta = p.metadata
     settings = MCSettings(n_decays=int(n_decays), seed=int(seed), device=device,
                           n_batches=n_batches)
-    tally = simulate(arr, mat_idx, rho, materials, spacing, spec, settings, progress=progress)
+    tally = simulate(arr, p.material_index, rho, p.materials, spacing, spec, settings,
+                     progress=progress)
     dose = energy_to_dose_gy(tally.energy_mev, rho, spacing) * total
     sigma = energy_to_dose_gy(tally.energy_sem_mev, rho, spacing) * total
     meta.update({
@@ -551,12 +581,16 @@ def compute_dose(
     ct: sitk.Image | None = None,
     **options: Any,
 ) -> DoseResult:
-    """Run the named engine (``"led"``, ``"dvk"``, ``"mc"`` or ``"deep"``) with its options."""
+    """Run the named engine (``"led"``, ``"dvk"``, ``"mc"``, ``"deep"`` or ``"gate"``)."""
     try:
         eng = DoseEngine(str(engine).lower())
     except ValueError:
         valid = ", ".join(e.value for e in DoseEngine)
         raise InputError(f"unknown dose engine {engine!r}; expected one of {valid}") from None
+    if eng is DoseEngine.GATE:  # opengate is optional: imported only when asked for
+        from dosimetry.dose.gate.engine import dose_gate
+
+        return dose_gate(tia, nuclide, ct, **options)
     fn = {DoseEngine.LED: dose_led, DoseEngine.DVK: dose_dvk, DoseEngine.MC: dose_mc,
           DoseEngine.DEEP: dose_deep}[eng]
     return fn(tia, nuclide, ct, **options)

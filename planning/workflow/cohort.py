@@ -33,41 +33,36 @@ import contextlib
 import csv
 import io
 import json
-import logging
 import os
 import re
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dosimetry import __version__
+
+# The cluster helpers live in dosimetry (split MC runs use them too); re-exported here for the
+# callers that know them as cohort names.
+from dosimetry.distributed import CONNECT_TIMEOUT_S as CONNECT_TIMEOUT_S
+from dosimetry.distributed import MEMORY_FRACTION as MEMORY_FRACTION
+from dosimetry.distributed import MIN_WORKER_MEMORY as MIN_WORKER_MEMORY
+from dosimetry.distributed import dask_client, default_workers
+from dosimetry.distributed import local_cluster as local_cluster
 from dosimetry.errors import InputError, RptdoseError
 from dosimetry.io.atomic import atomic_write_text
 from planning.workflow.pipeline import PipelineOptions, StageError
-
-if TYPE_CHECKING:  # distributed is imported when a cohort runs, not on import
-    from distributed import Client, LocalCluster
 
 #: A study function: ``(manifest, workdir, options) -> path of its results.json`` (the
 #: :class:`planning.results.DosimetryResults` schema). It runs in a worker process, so it must be
 #: picklable: a module-level function.
 StudyFn = Callable[[Path, Path, PipelineOptions], Path]
 
-#: Share of the machine's memory given to the workers of a local cluster; the rest is left to
-#: the scheduler, the client and the system.
-MEMORY_FRACTION = 0.8
-#: Memory a worker of a local cluster is given at least [bytes]. One study of the pipeline
-#: peaks near 0.5 GiB resident on the small test phantom (3 timepoints, 6 mm CT voxels) and grows
-#: with the grid; fewer workers with room are better than more that the nanny kills.
-MIN_WORKER_MEMORY = 2 * 1024**3
-#: Seconds to wait for a remote scheduler to answer.
-CONNECT_TIMEOUT_S = 20
 #: File written into a failed study's folder with the traceback.
 ERROR_LOG = "cohort_error.txt"
 #: Summary file names in ``out_dir``.
@@ -292,59 +287,6 @@ def _check_inputs(manifests: Sequence[str | os.PathLike[str]], out_dir: Path,
     return paths, options
 
 
-# ----------------------------------------------------------------------------------- cluster
-def default_workers(n_studies: int) -> int:
-    """Workers of a local cluster: one per study, at most one per core and per 2 GiB."""
-    from distributed.system import MEMORY_LIMIT
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    by_memory = int(MEMORY_LIMIT * MEMORY_FRACTION // MIN_WORKER_MEMORY)
-    return max(1, min(n_studies, cores or 1, by_memory))
-
-
-def local_cluster(n_workers: int, threads_per_worker: int = 1) -> LocalCluster:
-    """A quiet :class:`~distributed.LocalCluster` of worker processes, as cohorts use it.
-
-    The workers share :data:`MEMORY_FRACTION` of the machine's memory equally (a warning says
-    when that is below :data:`MIN_WORKER_MEMORY` each); no dashboard is served; dask's own log
-    lines below ERROR are dropped. Use it as a context manager so that it is closed.
-    """
-    from distributed import LocalCluster
-    from distributed.system import MEMORY_LIMIT
-
-    memory = int(MEMORY_LIMIT * MEMORY_FRACTION / n_workers)
-    if memory < MIN_WORKER_MEMORY:
-        warnings.warn(f"{n_workers} workers get {memory / 1024**3:.1f} GiB of memory each; a "
-                      f"study may need {MIN_WORKER_MEMORY / 1024**3:.0f} GiB (a worker over its "
-                      "limit is restarted and its study fails): use fewer workers",
-                      stacklevel=2)
-    return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                        processes=True, memory_limit=memory, silence_logs=logging.ERROR,
-                        # No dashboard; the scheduler's small HTTP server takes a free port
-                        # instead of 8787, which another cluster may hold.
-                        dashboard_address=None,
-                        scheduler_kwargs={"dashboard": False, "dashboard_address": ":0"})
-
-
-@contextlib.contextmanager
-def _client(scheduler: str | None, n_workers: int,
-            threads_per_worker: int) -> Iterator[Client]:
-    from distributed import Client
-
-    if scheduler is None:
-        with local_cluster(n_workers, threads_per_worker) as cluster, \
-                Client(cluster, set_as_default=False) as client:
-            yield client
-        return
-    try:
-        client = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"cannot reach the Dask scheduler at {scheduler!r}: "
-                         f"{_one_line(str(exc))}") from None
-    with client:
-        yield client
-
-
 # ----------------------------------------------------------------------------------- the cohort
 def run_cohort(manifests: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
                options: PipelineOptions, scheduler: str | None = None,
@@ -399,7 +341,7 @@ def run_cohort(manifests: Sequence[str | os.PathLike[str]], out_dir: str | os.Pa
 
     t0 = time.perf_counter()
     outcomes: dict[str, StudyOutcome] = {}
-    with _client(scheduler, workers or 1, threads_per_worker) as client:
+    with dask_client(scheduler, workers or 1, threads_per_worker) as client:
         from distributed import as_completed
 
         futures = {client.submit(_run_study, study_fn, name, path, out / name, options,
