@@ -108,6 +108,12 @@ def run_dose(wd: WorkDir, vois: list[VoiKinetics], *, engine: str = "dvk", devic
             options["progress"] = progress
     elif engine == "deep":
         options = {"device": device, "seed": int(seed)}
+    elif engine == "gate":
+        # GATE finds its Geant4 data itself ($RPTDOSE_G4_DATA, opengate's folder, G4…DATA)
+        # and fails with instructions when they are absent; its simulation folder is kept.
+        options = {"n_decays": int(mc_decays), "seed": int(seed), "work_dir": out / "gate"}
+        if progress is not None:
+            options["progress"] = progress
     # The engines announce fallbacks (e.g. HU clipped to the calibration range) as warnings:
     # they are recorded with the engine's metadata and shown in the report.
     with warnings.catch_warnings(record=True) as caught:
