@@ -14,6 +14,9 @@ Layout::
       segmentation/              labels.nii.gz  labels.json  organs.json
       kinetics/  dose/  planning/  report/
       <stage>/done.json          {"stage", "fingerprint", "finished"}
+      validation/                ``rptdose mc validate``: engines against an MC reference
+                                 (validation.json, validation.html, figures, difference maps);
+                                 not a stage — the report quotes it when present
 """
 
 from __future__ import annotations

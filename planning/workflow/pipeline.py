@@ -53,7 +53,7 @@ class PipelineOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dose_engine: str = Field(default="dvk", pattern="^(led|dvk|mc|deep)$")
+    dose_engine: str = Field(default="dvk", pattern="^(led|dvk|mc|deep|gate)$")
     segmenter: str = "builtin"
     registration_method: str = Field(default="classical", pattern="^(classical|learned)$")
     reference_timepoint: str | None = None
@@ -130,7 +130,8 @@ def run_pipeline(manifest: str | Path, workdir: str | Path, options: PipelineOpt
                          "date_shift_days": options.date_shift_days},
         Stage.REPORT: {"truth": str(options.truth_dir), "version": __version__,
                        "keep_identifiers": options.keep_identifiers,
-                       "date_shift_days": options.date_shift_days},
+                       "date_shift_days": options.date_shift_days,
+                       "validation": validation_fingerprint(wd)},
     }
     for i, stage in enumerate(ORDER):
         fp = fingerprint(stage.value, upstream, stage_options[stage])
@@ -157,6 +158,18 @@ def run_pipeline(manifest: str | Path, workdir: str | Path, options: PipelineOpt
     res.report_html, res.report_pdf = rep / "report.html", rep / "report.pdf"
     res.results_json = rep / "results.json"
     return res
+
+
+def validation_fingerprint(wd: WorkDir) -> dict[str, Any] | None:
+    """Identity of ``validation/validation.json`` (``rptdose mc validate``), None when absent.
+
+    Part of the report stage's inputs: the report quotes the validation in its methods
+    section, so a new or re-run validation makes the next run redo the report.
+    """
+    from planning.workflow.validate import validation_json_path
+
+    path = validation_json_path(wd)
+    return file_fingerprint(path) if path.is_file() else None
 
 
 def _pvc_fwhm(o: PipelineOptions, study) -> float | None:

@@ -257,17 +257,19 @@ def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
     # --- methods and provenance ---------------------------------------------------------------
     meta = ", ".join(f"{k}={v}" for k, v in engine_meta.items()
                      if isinstance(v, int | float | str) and k != "engine")
+    val_paragraphs, val_tables = validation_summary(wd, engine)
     sections.append(Section("Methods and validation", (
         f"Dose engine: {engine} ({meta}).",
         *(f"Engine warning: {w}" for w in engine_meta.get("warnings", [])),
         "Dose conversion uncertainty per engine (1σ, organ means): LED 10 %, DVK 5 %, MC 2 %; "
         "see planning/workflow/dose_stage.py for sources.",
+        *val_paragraphs,
         "Kinetics: VOI TACs on the CT grid; hybrid voxel TIA (voxel mono-exponential shape "
         "scaled to each VOI's selected fit) on the SPECT grid.",
         _pvc_sentence(kin.get("partial_volume_correction")),
         "BED: Lea–Catcheside factor of the fitted kinetics with the tissue's α/β and repair "
         "half-time (planning.tissues).",
-    )))
+    ), val_tables))
     prov = [("rptdose version", __version__)]
     prov += [(f"input {k}", v) for k, v in sorted((input_hashes or {}).items())]
     prov += [(f"option {k}", str(v)) for k, v in sorted((options or {}).items())]
@@ -275,6 +277,96 @@ def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
                                                       tuple(prov)),)))
     return Report(f"Dosimetry report — {study.nuclide} {study.radiopharmaceutical}", header,
                   tuple(sections))
+
+
+def validation_summary(wd: WorkDir, engine: str) -> tuple[tuple[str, ...], tuple[Table, ...]]:
+    """What the methods section says about the validation of ``engine`` on this study.
+
+    From ``WORKDIR/validation/validation.json`` (written by ``rptdose mc validate``): the
+    reference and its statistical σ, the study engine's VOI mean-dose differences (a table),
+    Bland–Altman bias and limits of agreement, and gamma pass rates. Without that file: that no
+    study-specific validation was run and how to run one. A record made on another TIA map than
+    the current one is flagged as out of date.
+    """
+    from dosimetry.errors import InputError
+    from planning.workflow.validate import read_validation, tia_digest
+
+    how = ("run 'rptdose mc validate WORKDIR' to compare the engines with a Monte Carlo "
+           "reference on this study's TIA map and CT; the next report run quotes it here")
+    try:
+        data = read_validation(wd)
+    except InputError as exc:
+        return (f"Study-specific engine validation could not be read: {exc}.",), ()
+    if data is None:
+        return (f"No study-specific validation of the dose engine was run; {how}.",), ()
+    try:
+        return _validation_summary(wd, engine, data, tia_digest)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return (f"Study-specific engine validation: validation/validation.json is incomplete "
+                f"({type(exc).__name__}: {exc}); re-run 'rptdose mc validate WORKDIR'.",), ()
+
+
+def _validation_summary(wd: WorkDir, engine: str, data: dict[str, Any], digest
+                        ) -> tuple[tuple[str, ...], tuple[Table, ...]]:
+    ref = data["reference"]
+    comp = data["comparison"]
+    validated = list(comp["engines"])
+    paras = [f"Study-specific engine validation ({str(data.get('created', ''))[:10]}, "
+             "validation/validation.json): engines " + ", ".join(validated)
+             + f" against {ref.get('description', ref.get('kind'))} on this study's TIA map "
+             "and CT."]
+    rel_v = ref.get("voxel_relative_sigma_median_in_vois")
+    rel_m = ref.get("voi_mean_relative_sigma_median")
+    rel_e = ref.get("voxel_relative_sigma_median_evaluated")
+    if rel_v is not None:
+        where = (f", {100 * rel_e:.2f} % where the gamma is evaluated"
+                 if rel_e is not None else "")
+        paras.append(f"Reference statistical uncertainty: median voxel σ {100 * rel_v:.2f} % in "
+                     f"the VOIs{where}; median σ of the VOI means {100 * (rel_m or 0.0):.2f} %.")
+    paras += [f"Validation note: {n}." for n in data.get("notes", [])]
+    tia_now = wd.root / Stage.KINETICS.value / "tia_bq_s.nii.gz"
+    recorded = (data.get("inputs") or {}).get("tia", {}).get("sha256_16")
+    if tia_now.is_file() and recorded and digest(tia_now) != recorded:
+        paras.append("Caution: the TIA map has changed since this validation was run, so its "
+                     "figures describe an earlier run; re-run 'rptdose mc validate WORKDIR'.")
+    if engine not in validated:
+        paras.append(f"The validation did not include the {engine} engine used for this "
+                     f"study; run 'rptdose mc validate WORKDIR --engines {engine}' to add it.")
+        return tuple(paras), ()
+    rows, diffs = [], []
+    for v in comp["vois"]:
+        e = v["engines"][engine]
+        d = e["difference_pct"]["mean"]
+        z = e.get("difference_in_reference_sigma")
+        if d is not None:
+            diffs.append((d, v["name"]))
+        rows.append((v["name"], _fmt(v["reference"]["mean_gy"]),
+                     _fmt(v["reference"].get("mean_sigma_gy"), 2), _fmt(e["mean_gy"]),
+                     "–" if d is None else f"{d:+.1f} %", "–" if z is None else f"{z:+.1f}"))
+    if diffs:
+        lo, hi = min(diffs), max(diffs)
+        med = float(np.median([abs(d) for d, _ in diffs]))
+        text = (f"{engine} against the reference, VOI mean dose: median |difference| "
+                f"{med:.1f} %, from {lo[0]:+.1f} % ({lo[1]}) to {hi[0]:+.1f} % ({hi[1]})")
+        ba = comp["bland_altman"][engine]
+        if ba.get("loa_lower_pct") is not None:
+            text += (f"; Bland–Altman bias {ba['mean_difference_pct']:+.1f} %, 95 % limits of "
+                     f"agreement {ba['loa_lower_pct']:+.1f} % to {ba['loa_upper_pct']:+.1f} % "
+                     f"over {ba['n']} VOIs")
+        paras.append(text + ".")
+    gammas = comp["gamma"][engine]
+    if gammas:
+        rates = ", ".join(f"{g['criterion'].replace(' global', '')} "
+                          f"{100 * g['pass_rate']:.1f} %" for g in gammas)
+        paras.append(f"Gamma pass rates of {engine} inside the body (Low et al. 1998, "
+                     f"global, low-dose threshold {100 * gammas[0]['threshold']:.0f} % of the "
+                     f"maximum): {rates}.")
+    table = Table(f"Validation of {engine} against the {ref.get('kind', 'reference')} "
+                  "reference", ("VOI", "reference [Gy]", "σ ref [Gy]", f"{engine} [Gy]",
+                                "difference", "difference / σ ref"), tuple(rows),
+                  "VOI means on the CT grid as in the VOI table; σ ref: statistical σ of the "
+                  "reference's VOI mean.")
+    return tuple(paras), (table,)
 
 
 def _plan_section(plan: dict[str, Any]) -> Section:
