@@ -33,7 +33,7 @@ def cohort_run_cmd(
     manifests: Annotated[list[Path], typer.Argument(help="Study manifests (.yaml/.json).")],
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="Cohort folder: one work folder per study, cohort.json/.csv.")],
-    dose_engine: Annotated[str, typer.Option(help="led, dvk, mc or deep.")] = "dvk",
+    dose_engine: Annotated[str, typer.Option(help="led, dvk, mc, deep or gate.")] = "dvk",
     segmenter: Annotated[str, typer.Option(
         help="builtin, totalsegmentator, masks (each manifest's labels) or masks:PATH.")]
     = "builtin",

@@ -67,6 +67,7 @@ class EngineChoice(StrEnum):
     DVK = "dvk"
     MC = "mc"
     DEEP = "deep"
+    GATE = "gate"
 
 
 def parse_voxel_mm(text: str) -> tuple[float, float, float]:
@@ -167,8 +168,9 @@ def dose_cmd(
         help="CT [HU] for densities and materials (resampled to the TIA grid if needed).")]
     = None,
     engine: Annotated[EngineChoice, typer.Option(
-        help="led (local deposition), dvk (kernel convolution), mc (Monte Carlo) or deep "
-             "(DVK corrected by a CNN ensemble trained on MC).")]
+        help="led (local deposition), dvk (kernel convolution), mc (Monte Carlo), deep "
+             "(DVK corrected by a CNN ensemble trained on MC) or gate (GATE 10; needs its "
+             "Geant4 data, see `rptdose mc g4-data`; more options in `rptdose mc gate`).")]
     = EngineChoice.DVK,
     decays: Annotated[int, typer.Option(
         help="Decays: simulated by mc, or for a dvk kernel not yet cached.", min=1)]
@@ -218,6 +220,8 @@ def dose_cmd(
             if not weights.is_file():
                 raise InputError(f"--weights {weights}: no such file")
             options["weights"] = str(weights)
+    elif engine is EngineChoice.GATE:
+        options = {"seed": seed, "n_decays": decays}  # ion source: every emission
     else:
         options.update(seed=seed, device=device.value, n_decays=decays)
     if engine is EngineChoice.MC:

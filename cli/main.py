@@ -247,6 +247,7 @@ def validate_cmd(
 def _register() -> None:
     from cli.cohort import cohort_app
     from cli.dose import dose_cmd, kernel_app, train_dose_cmd
+    from cli.mc import mc_app
     from cli.phantom import phantom_app
     from cli.plan import bed_cmd, plan_cmd
     from cli.register import register_cmd, train_registration_cmd
@@ -271,6 +272,8 @@ def _register() -> None:
     app.add_typer(tac_app, name="tac", help="Time-activity curves: fit, select, integrate.")
     app.command("dose")(dose_cmd)
     app.add_typer(kernel_app, name="kernel", help="Dose voxel kernels from the voxel MC.")
+    app.add_typer(mc_app, name="mc", help="Monte Carlo references: GATE 10, fast MC on Dask, "
+                                          "engine validation.")
     app.command("plan")(plan_cmd)
     app.command("bed")(bed_cmd)
 

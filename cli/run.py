@@ -42,7 +42,9 @@ def _run(manifest: Path, workdir: Path, options) -> None:
 def run_cmd(
     manifest: Annotated[Path, typer.Argument(help="Study manifest (.yaml/.json).")],
     workdir: Annotated[Path, typer.Option("-o", "--output", help="Work folder.")] = Path("work"),
-    dose_engine: Annotated[str, typer.Option(help="led, dvk, mc or deep.")] = "dvk",
+    dose_engine: Annotated[str, typer.Option(
+        help="led, dvk, mc, deep or gate (GATE 10; needs opengate and its Geant4 data).")]
+    = "dvk",
     segmenter: Annotated[str, typer.Option(
         help="builtin, totalsegmentator or masks:PATH.")] = "builtin",
     registration: Annotated[str, typer.Option(help="classical or learned.")] = "classical",
@@ -99,7 +101,9 @@ def demo_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Demo folder.")]
     = Path("rptdose-demo"),
     seed: Annotated[int, typer.Option(help="Seed of the digital patient.")] = 1,
-    dose_engine: Annotated[str, typer.Option(help="led, dvk, mc or deep.")] = "dvk",
+    dose_engine: Annotated[str, typer.Option(
+        help="led, dvk, mc, deep or gate (GATE 10; needs opengate and its Geant4 data).")]
+    = "dvk",
     segmenter: Annotated[str, typer.Option(
         help="builtin, masks (the digital patient's own contours, imported as a physician's "
              "label map would be) or auto: builtin when its organ weights are installed, "

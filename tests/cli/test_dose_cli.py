@@ -76,7 +76,7 @@ def test_dose_errors_are_library_errors(app, tmp_path):
     assert isinstance(r.exception, InputError)
     assert "image file not found" in str(r.exception)
     r = CliRunner().invoke(app, ["dose", "x.nii.gz", "--nuclide", "Lu-177", "-o", "d.nii.gz",
-                                 "--engine", "gate"])
+                                 "--engine", "geant"])
     assert r.exit_code == 2  # usage error from typer: invalid choice
 
 

@@ -86,8 +86,8 @@ def test_tia_checks():
     with pytest.warns(UserWarning, match="1 negative voxels"):
         res = dose_led(_image(neg), "Lu-177")
     assert sitk.GetArrayFromImage(res.dose)[0, 0, 0] == 0.0
-    with pytest.raises(InputError, match="unknown dose engine 'gate'"):
-        compute_dose("gate", _image(np.ones((3, 3, 3))), "Lu-177")
+    with pytest.raises(InputError, match="unknown dose engine 'geant'"):
+        compute_dose("geant", _image(np.ones((3, 3, 3))), "Lu-177")
 
 
 def _unit_kernel():
