@@ -1304,8 +1304,8 @@ def read_nm_image(
         windows = f", {len(info.energy_windows)} energy windows" if info.energy_windows else ""
         raise InputError(
             f"{what}: holds raw acquisition data (ImageType {kind}, {info.n_images} frames"
-            f"{windows}), not a reconstructed SPECT; reconstruct it first (on the scanner "
-            "workstation or with PyTomography; 'rptdose recon' will do it in a later release)")
+            f"{windows}), not a reconstructed SPECT; reconstruct it first with 'rptdose recon' "
+            "(or 'rptdose ingest --reconstruct-projections')")
     unit_code = (info.units or "").upper()
     headers = _headers(files, what, known)
     known.clear()

@@ -5,6 +5,15 @@ each reconstructed SPECT (NM) series becomes a timepoint paired with its CT (sam
 reference, closest acquisition time) and RTSTRUCT; injection time and activity come from the
 RadiopharmaceuticalInformationSequence, units from the NM header. Whatever is missing is listed
 with the option that supplies it, and nothing is written until the manifest validates.
+
+Raw tomographic projections (NM TOMO, not reconstructed) are reported and left out, unless
+``reconstruct_projections`` is set: then the bed positions of each acquisition are
+reconstructed (:func:`dosimetry.reconstruction.reconstruct_to_file`: OSEM with attenuation from
+the CT of the same frame of reference, TEW scatter, collimator response) into
+``recon/spect_*.nii.gz`` beside the manifest, in counts per view, and those images become the
+timepoints' SPECT, with the time per view as their frame duration (so that
+``counts / (frame duration × calibration × voxel volume)`` gives Bq/mL). An image whose sidecar
+JSON shows the same series and settings is reused.
 """
 
 from __future__ import annotations
@@ -13,9 +22,10 @@ import hashlib
 import hmac
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dosimetry.errors import InputError, MissingDataError, NuclideError
 from dosimetry.study.manifest import (
@@ -26,6 +36,9 @@ from dosimetry.study.manifest import (
     Timepoint,
     check_study_files,
 )
+
+if TYPE_CHECKING:
+    from dosimetry.reconstruction.recon import ReconSettings
 
 #: NM series acquired within this time of each other are one imaging session (e.g. an AC and a
 #: NAC reconstruction of the same acquisition, or two bed positions); sessions of a therapy
@@ -185,6 +198,8 @@ def ingest_dicom(
     spect_fwhm_mm: float | None = None,
     allow_mixed_patients: bool = False,
     write: bool = True,
+    reconstruct_projections: bool = False,
+    recon_settings: ReconSettings | None = None,
 ) -> IngestResult:
     """Scan a DICOM export and build (and, when complete, write) the study manifest.
 
@@ -208,6 +223,13 @@ def ingest_dicom(
         Accept a folder holding several patients (the series of all are used).
     write : bool
         Write the manifest when it is complete (atomically).
+    reconstruct_projections : bool
+        Reconstruct raw tomographic projections with the CT of their frame of reference into
+        ``recon/`` beside the manifest and use them as timepoints (see the module notes); the
+        images are written even when the manifest is incomplete. Without it raw projections are
+        reported and not used.
+    recon_settings : ReconSettings, optional
+        OSEM settings for ``reconstruct_projections`` (default 4 iterations, TEW, PSF, CPU).
 
     Returns
     -------
@@ -257,15 +279,31 @@ def ingest_dicom(
     nm_all = [s for s in scan.series if s.modality in ("NM", "PT")]
     projections = [s for s in nm_all if s.is_reconstructed is False]
     spect = [s for s in nm_all if s.is_reconstructed is not False]
-    for s in projections:
-        warn.append(
-            f"NM series {s.series_description!r} holds raw projections, not a "
-            "reconstructed SPECT; it needs reconstruction first and is not used"
-        )
+    recon_missing: list[str] = []
+    #: series UID of each reconstruction made here → its time per view [s]
+    recon_tpv: dict[str, float | None] = {}
+    if projections and reconstruct_projections:
+        made, notes, recon_missing = _reconstruct_projections(
+            projections, [s for s in scan.series if s.modality == "CT"], manifest_path,
+            recon_settings, nuclide)
+        warn.extend(notes)
+        spect.extend(info for info, _ in made)
+        recon_tpv.update({info.series_uid: tpv for info, tpv in made})
+    else:
+        for s in projections:
+            warn.append(
+                f"NM series {s.series_description!r} holds raw projections, not a "
+                "reconstructed SPECT; it is not used: reconstruct it with "
+                "--reconstruct-projections (reconstruct_projections=True) or 'rptdose recon'"
+            )
     if not spect:
         raise InputError(
             f"{root}: no reconstructed SPECT (NM) series found"
-            + (" (only raw projections)" if projections else "")
+            + (f"; found raw projections ({len(projections)} series): reconstruct them with "
+               "--reconstruct-projections (with the CT of their frame of reference) or "
+               "'rptdose recon'" if projections and not reconstruct_projections else "")
+            + ("; the raw projections could not be reconstructed: "
+               + "; ".join(recon_missing) if recon_missing else "")
         )
 
     # --- group SPECT series into imaging sessions ---------------------------------------------
@@ -282,7 +320,7 @@ def ingest_dicom(
         else:
             sessions.append([s])
 
-    missing: list[str] = []
+    missing: list[str] = list(recon_missing)
 
     # --- administration: injection time, activity, nuclide -------------------------------------
     inj = injection_datetime
@@ -366,7 +404,8 @@ def ingest_dicom(
     candidates: list[TimepointCandidate] = []
     timepoints: list[Timepoint] = []
     for i, session in enumerate(sessions):
-        chosen = min(session, key=_spect_preference)
+        chosen = min(session, key=lambda s: (s.series_uid not in recon_tpv,
+                                             _spect_preference(s)))
         ignored = tuple(s.series_description or s.series_uid for s in session if s is not chosen)
         if ignored:
             warn.append(
@@ -389,6 +428,12 @@ def ingest_dicom(
         is_bq = _is_bq_per_ml(chosen)
         cal = None if is_bq else calibration_cps_per_mbq
         dur = None if is_bq else (frame_duration_s or chosen.frame_duration_s)
+        if chosen.series_uid in recon_tpv:  # our reconstruction: counts per view
+            dur = recon_tpv[chosen.series_uid]
+            if frame_duration_s is not None and dur is not None and \
+                    abs(frame_duration_s - dur) > 1e-6:
+                warn.append(f"timepoint {label}: --frame-duration-s {frame_duration_s:g} s not "
+                            f"used; the reconstruction is in counts per view of {dur:g} s")
         if not is_bq:
             if cal is None:
                 missing.append(
@@ -469,6 +514,68 @@ def require_complete(result: IngestResult) -> Study:
     return result.study
 
 
+def _reconstruct_projections(projections, cts, manifest_path: Path,
+                             settings: ReconSettings | None, nuclide: str | None):
+    """Reconstruct each acquisition of raw tomographic projections (its bed series: same
+    patient and frame of reference, acquired within :data:`SAME_SESSION`) with the CT of its
+    frame of reference into ``recon/`` beside the manifest.
+
+    Returns ((SeriesInfo of the image, time per view [s]) per acquisition, notes, missing).
+    """
+    from dosimetry.io.dicom_write import uid_from_seed
+    from dosimetry.reconstruction import reconstruct_to_file
+
+    notes: list[str] = []
+    missing: list[str] = []
+    tomo = []
+    for s in projections:
+        kind = s.image_type[2].upper() if len(s.image_type) >= 3 else ""
+        if kind == "TOMO":
+            tomo.append(s)
+        else:
+            notes.append(f"NM series {s.series_description!r} ({kind or 'raw'}) is not a "
+                         "tomographic acquisition and is not used")
+    groups: list[list] = []
+    for s in sorted(tomo, key=lambda s: (s.acquisition_datetime or datetime.min, s.series_uid)):
+        for g in groups:
+            ref = g[0]
+            close = (s.acquisition_datetime is None or ref.acquisition_datetime is None
+                     or abs(s.acquisition_datetime - ref.acquisition_datetime) <= SAME_SESSION)
+            if (ref.patient_id == s.patient_id and close
+                    and ref.frame_of_reference_uid == s.frame_of_reference_uid):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    made = []
+    out_dir = manifest_path.resolve().parent / "recon"
+    for group in groups:
+        desc = group[0].series_description or "projections"
+        ct = _pair(group[0], cts, require_same_for=True)
+        if ct is None:
+            missing.append(f"raw projections {desc!r} ({len(group)} bed(s)): no CT with their "
+                           "frame of reference to reconstruct them with; export the SPECT/CT's "
+                           "CT, or reconstruct them with 'rptdose recon --no-attenuation'")
+            continue
+        uids = sorted(s.series_uid for s in group)
+        when = group[0].acquisition_datetime
+        stamp = when.strftime("%Y%m%d-%H%M") if when else f"for{uids[0][-6:]}"
+        target = out_dir / f"spect_{stamp}_{uid_from_seed('rptdose-recon', *uids)[-8:]}.nii.gz"
+        fr = reconstruct_to_file(group, ct, target, settings, source_key={
+            "projections": uids, "ct": ct.series_uid}, nuclide=nuclide)
+        what = "reused" if fr.reused else "reconstructed"
+        notes.append(f"raw projections {desc!r} ({len(group)} bed(s)) {what} with CT "
+                     f"{ct.series_description!r} into {target.name} (counts per view of "
+                     f"{fr.time_per_view_s:g} s)")
+        info = replace(group[0], series_uid=uid_from_seed("rptdose-recon", *uids),
+                       series_description=f"{desc} [rptdose recon]", files=(target,),
+                       is_reconstructed=True, units="CNTS", n_images=1,
+                       image_type=("DERIVED", "SECONDARY", "RECON TOMO", "EMISSION"),
+                       frame_duration_s=fr.time_per_view_s, real_world_value_mapping=())
+        made.append((info, fr.time_per_view_s))
+    return made, notes, missing
+
+
 def _pair(spect, others, require_same_for: bool = False):
     """The series among ``others`` that belongs with ``spect``: same frame of reference first,
     then closest acquisition time (within :data:`MAX_CT_GAP`) in the same patient."""
@@ -500,6 +607,8 @@ def _pair(spect, others, require_same_for: bool = False):
 
 def _ref(info, base: Path) -> ImageRef:
     files = [Path(f) for f in info.files]
+    if len(files) == 1 and files[0].name.lower().endswith((".nii.gz", ".nii")):
+        return ImageRef(path=_portable_path(files[0], base), format=ImageFormat.NIFTI)
     if len(files) == 1:
         target = files[0]
         uid = None
