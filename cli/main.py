@@ -156,6 +156,10 @@ def ingest_cmd(
     allow_mixed_patients: Annotated[
         bool, typer.Option(help="Accept a folder holding several patients.")
     ] = False,
+    reconstruct_projections: Annotated[
+        bool, typer.Option(help="Reconstruct raw SPECT projections (with the CT of their frame "
+                           "of reference) into recon/ beside the manifest and use them.")
+    ] = False,
 ) -> None:
     """Scan a DICOM export, pair SPECT with CT per timepoint, and write a study manifest."""
     from dosimetry.study.ingest import ingest_dicom, require_complete
@@ -178,6 +182,7 @@ def ingest_cmd(
             patient_id=patient_id,
             spect_fwhm_mm=spect_fwhm_mm,
             allow_mixed_patients=allow_mixed_patients,
+            reconstruct_projections=reconstruct_projections,
         )
     table = Table(
         "modality",
@@ -246,10 +251,12 @@ def validate_cmd(
 # ----------------------------------------------------------------------------------- sub-commands
 def _register() -> None:
     from cli.cohort import cohort_app
+    from cli.denoise import denoise_cmd, train_denoiser_cmd
     from cli.dose import dose_cmd, kernel_app, train_dose_cmd
     from cli.mc import mc_app
     from cli.phantom import phantom_app
     from cli.plan import bed_cmd, plan_cmd
+    from cli.recon import recon_cmd
     from cli.register import register_cmd, train_registration_cmd
     from cli.run import demo_cmd, run_cmd
     from cli.segment import segment_cmd, train_lesions_cmd, train_segmentation_cmd
@@ -261,10 +268,12 @@ def _register() -> None:
     train_app.command("registration")(train_registration_cmd)
     train_app.command("lesions")(train_lesions_cmd)
     train_app.command("dose")(train_dose_cmd)
+    train_app.command("denoiser")(train_denoiser_cmd)
     app.command("run")(run_cmd)
     app.command("demo")(demo_cmd)
     app.command("register")(register_cmd)
     app.command("segment")(segment_cmd)
+    app.command("denoise")(denoise_cmd)
     app.add_typer(train_app, name="train")
     app.add_typer(cohort_app, name="cohort", help="Run many studies in parallel on Dask.")
 
@@ -276,6 +285,7 @@ def _register() -> None:
                                           "engine validation.")
     app.command("plan")(plan_cmd)
     app.command("bed")(bed_cmd)
+    app.command("recon")(recon_cmd)
 
 
 _register()

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import SimpleITK as sitk
@@ -48,6 +49,19 @@ from dosimetry import units
 from dosimetry.errors import InputError
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
+class SpectModel(StrEnum):
+    """How the SPECT of a phantom is simulated.
+
+    ``image``: the image-domain model of this module (blur + Poisson per voxel; fast).
+    ``projection``: projections with attenuation, scatter (TEW windows), collimator-detector
+    response and Poisson noise, reconstructed by :mod:`dosimetry.reconstruction`
+    (:mod:`phantoms.projection`; minutes per timepoint).
+    """
+
+    IMAGE = "image"
+    PROJECTION = "projection"
 
 
 @dataclass(frozen=True)

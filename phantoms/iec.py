@@ -40,6 +40,7 @@ from dosimetry.errors import InputError
 from dosimetry.io.images import write_image
 from phantoms.acquisition import (
     AcquisitionSpec,
+    SpectModel,
     default_acquisition,
     make_image,
     simulate_ct,
@@ -102,6 +103,9 @@ class IECConfig:
         Isotropic CT voxel size [mm].
     spect_spacing_mm, spect_matrix : float or None, int or None
         SPECT grid (default the nuclide's 4.7952 mm, 128).
+    spect_model : SpectModel
+        ``image`` (default) or ``projection`` (simulated projections reconstructed by
+        ``dosimetry.reconstruction``; :mod:`phantoms.projection`).
     """
 
     ratio: float = 8.0
@@ -113,8 +117,14 @@ class IECConfig:
     ct_spacing_mm: float = 2.0
     spect_spacing_mm: float | None = None
     spect_matrix: int | None = 128
+    spect_model: SpectModel = SpectModel.IMAGE
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "spect_model", SpectModel(self.spect_model))
+        except ValueError:
+            raise InputError(f"unknown SPECT model {self.spect_model!r}; choose "
+                             f"{' or '.join(m.value for m in SpectModel)}") from None
         try:
             object.__setattr__(self, "nuclide", IECNuclide(_canonical(self.nuclide)))
         except ValueError:
@@ -331,7 +341,13 @@ def make_iec(out_dir: str | os.PathLike[str], config: IECConfig = IECConfig(), *
         timings["CT"] = time.perf_counter() - t0
         report("SPECT", 0.55)
         t0 = time.perf_counter()
-        spect = simulate_spect(act_img, sp_grid, identity, spec, rng)
+        if config.spect_model is SpectModel.PROJECTION:
+            from phantoms.projection import simulate_spect_projection
+
+            spect = simulate_spect_projection(act_img, hu_img, sp_grid, identity, spec,
+                                              nuclide.name, rng, ct=ct)
+        else:
+            spect = simulate_spect(act_img, sp_grid, identity, spec, rng)
         timings["SPECT"] = time.perf_counter() - t0
 
         # ------------------------------------------------------------------ write
@@ -402,6 +418,11 @@ def make_iec(out_dir: str | os.PathLike[str], config: IECConfig = IECConfig(), *
                                                                              "is frozen"))]
             + ["Sphere and body walls are cold; the lung insert holds no activity."],
         }
+        if config.spect_model is SpectModel.PROJECTION:
+            from phantoms.projection import projection_truth
+
+            projection_truth(truth, nuclide.name, spec)
+            truth["spect"]["projection"] = spect.recon_info
         files.append(write_json(tmp / "truth" / "truth.json", truth))
         timings["write"] = time.perf_counter() - t0
         report("done", 1.0)

@@ -54,6 +54,7 @@ from dosimetry.io.images import write_image
 from phantoms.acquisition import (
     AcquisitionSpec,
     RigidPose,
+    SpectModel,
     default_acquisition,
     draw_deformation,
     draw_pose,
@@ -167,6 +168,11 @@ class PatientConfig:
         Amplitude of a smooth deformation added to the motion of timepoints 2…n (0 = rigid).
     administered_activity_mbq : float or None
         Fixed administered activity; default the preset's ± 2 %.
+    spect_model : SpectModel
+        ``image`` (default: image-domain blur and noise) or ``projection`` (projections with
+        attenuation, scatter, CDR and noise, reconstructed by ``dosimetry.reconstruction``; see
+        :mod:`phantoms.projection`). Left out of :meth:`to_dict` at its default, so studies
+        made before the option keep their digests, UIDs and bytes.
     """
 
     preset: Preset = Preset.LU177_DOTATATE
@@ -182,8 +188,14 @@ class PatientConfig:
     motion_scale: float = 1.0
     deformation_mm: float = 0.0
     administered_activity_mbq: float | None = None
+    spect_model: SpectModel = SpectModel.IMAGE
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "spect_model", SpectModel(self.spect_model))
+        except ValueError:
+            raise InputError(f"unknown SPECT model {self.spect_model!r}; choose "
+                             f"{' or '.join(m.value for m in SpectModel)}") from None
         try:
             object.__setattr__(self, "preset", Preset(self.preset))
         except ValueError:
@@ -243,6 +255,10 @@ class PatientConfig:
         d["output_format"] = self.output_format.value
         d["timepoints_h"] = list(self.timepoints_h)
         d["head_neck"] = self.include_head_neck
+        if self.spect_model is SpectModel.IMAGE:
+            del d["spect_model"]  # the historical default: keep old digests
+        else:
+            d["spect_model"] = self.spect_model.value
         return d
 
     def digest(self) -> str:
@@ -445,7 +461,13 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
             timings[f"{label} CT"] = time.perf_counter() - t0
             report(f"timepoint {label}: SPECT", frac0 + 0.25 / n_tp)
             t0 = time.perf_counter()
-            spect = simulate_spect(act_img, sp_grid, tfm, spec, _rng(seed, "spect", i))
+            if config.spect_model is SpectModel.PROJECTION:
+                from phantoms.projection import simulate_spect_projection
+
+                spect = simulate_spect_projection(act_img, hu_ref, sp_grid, tfm, spec,
+                                                  nuclide.name, _rng(seed, "spect", i), ct=ct)
+            else:
+                spect = simulate_spect(act_img, sp_grid, tfm, spec, _rng(seed, "spect", i))
             del act_img
             timings[f"{label} SPECT"] = time.perf_counter() - t0
 
@@ -462,6 +484,8 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
             tp_truth.append(_timepoint_truth(
                 i, label, h_nom, t_acq, inj, act_label, core_act, curves, a0_bq, lam, t_s,
                 spect, spec, pose, deform is not None, config))
+            if config.spect_model is SpectModel.PROJECTION:
+                tp_truth[-1]["spect"]["projection"] = spect.recon_info
 
         # ------------------------------------------------------------------ manifest
         report("manifest and truth", 0.88)
@@ -486,6 +510,10 @@ def make_patient(out_dir: str | os.PathLike[str], config: PatientConfig = Patien
         truth = _truth_document(config, preset, drawn, curves, anatomy, ktab, n_vox, masses,
                                 tia_bq_s, a0_bq, lam, nuclide, weight_kg, inj, patient_id,
                                 tp_truth, spec, noise_hu, cg, tp_labels)
+        if config.spect_model is SpectModel.PROJECTION:
+            from phantoms.projection import projection_truth
+
+            projection_truth(truth, nuclide.name, spec)
         table = _label_table(anatomy, ktab, n_vox, mass_by_label, vox_ml)
         files += write_truth_folder(tmp / "truth", truth, table, labels_img, act_maps, tia_img,
                                     transforms)
