@@ -109,7 +109,10 @@ def load_model(nuclide: str, path: str | Path | None = None, device: str = "cpu"
     try:
         import io
 
-        blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only; the one class allowed besides is
+        # torch's version string, recorded in the metadata of the files we write
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            blob = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         if blob.get("format") != FORMAT_VERSION:
             raise InputError(f"{p}: weight format {blob.get('format')!r}, expected "
                              f"{FORMAT_VERSION}; retrain with `rptdose train dose`")
