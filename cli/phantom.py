@@ -77,6 +77,11 @@ def make_cmd(
     activity_mbq: Annotated[float | None, typer.Option(
         "--injected-activity-mbq", help="Administered activity [MBq] (default: preset).")]
     = None,
+    spect_model: Annotated[str, typer.Option(
+        "--spect-model",
+        help="SPECT simulation: image (blur and noise in image space, fast) or projection "
+             "(projections with attenuation, scatter, collimator response and Poisson noise, "
+             "reconstructed by OSEM; slower, realistic noise texture).")] = "image",
     overwrite: Annotated[bool, typer.Option(
         help="Replace an existing output folder.")] = False,
 ) -> None:
@@ -88,7 +93,7 @@ def make_cmd(
         output_format=output_format, n_lesions=lesions, head_neck=head_neck, counts=counts,
         grid=GridSpec(inplane_mm=ct_mm, slice_mm=slice_mm), spect_spacing_mm=spect_mm,
         spect_matrix=spect_matrix, deformation_mm=deform_mm, motion_scale=motion_scale,
-        administered_activity_mbq=activity_mbq,
+        administered_activity_mbq=activity_mbq, spect_model=spect_model,
     )
     if head_neck is None and config.include_head_neck:
         out.print(f"note: preset {config.preset.value} includes the head and neck")
@@ -133,6 +138,11 @@ def iec_cmd(
         "--counts", help="Write SPECT as counts with a calibration factor.")] = False,
     ct_mm: Annotated[float, typer.Option(help="CT voxel size [mm].")] = 2.0,
     spect_mm: Annotated[float | None, typer.Option(help="SPECT voxel size [mm].")] = None,
+    spect_model: Annotated[str, typer.Option(
+        "--spect-model",
+        help="SPECT simulation: image (blur and noise in image space, fast) or projection "
+             "(projections with attenuation, scatter, collimator response and Poisson noise, "
+             "reconstructed by OSEM; slower, realistic noise texture).")] = "image",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")]
     = False,
 ) -> None:
@@ -141,7 +151,8 @@ def iec_cmd(
 
     config = IECConfig(ratio=ratio, background_kbq_per_ml=background_kbq_per_ml,
                        nuclide=nuclide, seed=seed, output_format=output_format, counts=counts,
-                       ct_spacing_mm=ct_mm, spect_spacing_mm=spect_mm)
+                       ct_spacing_mm=ct_mm, spect_spacing_mm=spect_mm,
+                       spect_model=spect_model)
     with _progress() as bar:
         task = bar.add_task("starting", total=100)
 

@@ -60,6 +60,23 @@ def test_existing_folder_is_refused(tmp_path):
     assert (tmp_path / "p" / "x").read_text() == "keep"
 
 
+def test_spect_model_option_reaches_the_simulation(tmp_path):
+    """``--spect-model projection`` makes the SPECT in projection space (recorded in the
+    truth); an unknown model is refused by name before anything is written."""
+    out = tmp_path / "p"
+    res = CliRunner().invoke(phantom_app, ["make", str(out), "--timepoints-h", "24",
+                                           "--format", "nifti", "--lesions", "0",
+                                           "--spect-model", "projection", *SMALL])
+    assert res.exit_code == 0, res.output
+    truth = json.loads((out / "truth" / "truth.json").read_text())
+    assert truth["acquisition"]["spect_model"] == "projection"
+    assert "projection" in truth["timepoints"][0]["spect"]
+    bad = CliRunner().invoke(phantom_app, ["make", str(tmp_path / "q"), "--spect-model",
+                                           "analytic", *SMALL])
+    assert isinstance(bad.exception, InputError) and "'analytic'" in str(bad.exception)
+    assert not (tmp_path / "q").exists()
+
+
 def test_iec_command(tmp_path):
     res = CliRunner().invoke(phantom_app, ["iec", str(tmp_path / "iec"), "--ratio", "4",
                                            "--nuclide", "I-131", "--ct-mm", "4",
