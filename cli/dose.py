@@ -188,6 +188,10 @@ def dose_cmd(
         help="dvk: kernel image [mGy/(MBq·s)] to use instead of the cache.")] = None,
     weights: Annotated[Path | None, typer.Option(
         help="deep: weight file to use instead of the shipped one.")] = None,
+    far_field: Annotated[bool, typer.Option(
+        "--far-field/--no-far-field",
+        help="dvk, deep: add the photon dose absorbed beyond the kernel's cube (far-field "
+             "photon point kernel of our MC).")] = True,
 ) -> None:
     """Absorbed-dose map [Gy] from a TIA map with the LED, DVK, Monte Carlo or deep engine.
 
@@ -211,11 +215,13 @@ def dose_cmd(
     if engine is EngineChoice.LED:
         options["include_photons"] = include_photons
     elif engine is EngineChoice.DVK:
-        options.update(seed=seed, device=device.value, kernel_decays=decays)
+        options.update(seed=seed, device=device.value, kernel_decays=decays,
+                       far_field=far_field)
         if kernel is not None:
             options["kernel"] = read_kernel(kernel)
     elif engine is EngineChoice.DEEP:
-        options.update(seed=seed, device=device.value, kernel_decays=decays)
+        options.update(seed=seed, device=device.value, kernel_decays=decays,
+                       far_field=far_field)
         if weights is not None:
             if not weights.is_file():
                 raise InputError(f"--weights {weights}: no such file")

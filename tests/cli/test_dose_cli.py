@@ -69,6 +69,33 @@ def test_dose_engines_write_maps(app, tmp_path, engine):
     assert (tmp_path / f"dose_{engine}.sigma.nii.gz").is_file() == (engine == "mc")
 
 
+def test_dose_far_field_switch(app, tmp_path):
+    """dvk adds the far-field photon dose by default (recorded in the sidecar) and leaves it
+    out with --no-far-field: beyond the kernel's cube the dose is then zero."""
+    from dosimetry.dose.kernels import Kernel, write_kernel
+
+    arr = np.zeros((3, 3, 3), dtype=np.float32)
+    arr[1, 1, 1] = 1.0
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((4.8, 4.8, 4.8))
+    kpath = write_kernel(Kernel(img, None, {"nuclide": "Lu-177", "emissions": ["gamma"]}),
+                         tmp_path / "k.nii.gz")
+    tia = np.zeros((15, 15, 15))
+    tia[7, 7, 7] = 1e9
+    tia_path = _write(tmp_path / "tia.nii.gz", tia)
+    doses = {}
+    for flag in ("--far-field", "--no-far-field"):
+        out = tmp_path / f"d{flag}.nii.gz"
+        r = CliRunner().invoke(app, ["dose", str(tia_path), "--nuclide", "Lu-177", "--engine",
+                                     "dvk", "--kernel", str(kpath), "-o", str(out), flag])
+        assert r.exit_code == 0, r.output
+        doses[flag] = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+        meta = json.loads(out.with_name(f"d{flag}.json").read_text())
+        assert (meta["far_field"] is None) == (flag == "--no-far-field")
+    assert doses["--far-field"][7, 7, 0] > 0
+    assert abs(doses["--no-far-field"][7, 7, 0]) < 1e-6 * doses["--no-far-field"].max()
+
+
 def test_dose_errors_are_library_errors(app, tmp_path):
     r = CliRunner().invoke(app, ["dose", str(tmp_path / "missing.nii.gz"), "--nuclide",
                                  "Lu-177", "-o", str(tmp_path / "d.nii.gz")])

@@ -166,8 +166,14 @@ def test_deep_engine_is_linear_tiled_consistently_and_has_sigma(nuclide, tmp_pat
     # the calibrated σ is at least the β floor (1 %) times α of the dose
     assert np.all(sig[hot] >= 0.999 * res.metadata["model"]["alpha"] * 0.01 * d[hot])
     assert res.engine.value == "deep" and res.metadata["model"]["sha256"]
-    dvk = sitk.GetArrayFromImage(dose_dvk(tia, nuclide, ct, kernel_decays=200_000,
-                                          cache_dir=str(tmp_path)).dose)
+    dvk_res = dose_dvk(tia, nuclide, ct, kernel_decays=200_000, cache_dir=str(tmp_path))
+    dvk = sitk.GetArrayFromImage(dvk_res.dose)
+    # the far field is added from beyond the networks' 15-voxel context (they learnt the
+    # crossfire within it from MC), DVK's from beyond its own kernel cube
+    context = receptive_radius(load_model(nuclide).members[0].dilations) + 4
+    kernel_half = int(dvk_res.metadata["kernel_size"]) // 2
+    assert res.metadata["far_field"]["inner_half_voxels"] == [max(kernel_half, context)] * 3
+    assert dvk_res.metadata["far_field"]["inner_half_voxels"] == [kernel_half] * 3
     # a correction, not a different dose: the soft-tissue hot region stays within 15 % of DVK
     assert abs(d[hot].mean() / dvk[hot].mean() - 1) < 0.15
 
