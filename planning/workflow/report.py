@@ -262,7 +262,9 @@ def build_report(wd: WorkDir, *, protocol_name: str | None, engine: str,
         f"Dose engine: {engine} ({meta}).",
         *(f"Engine warning: {w}" for w in engine_meta.get("warnings", [])),
         "Dose conversion uncertainty per engine (1σ, organ means): LED 10 %, DVK 5 %, MC 2 %; "
-        "see planning/workflow/dose_stage.py for sources.",
+        "DVK and deep add the photon dose from beyond their reach by a far-field point kernel "
+        "of infinite soft tissue, with 10 % of that term as its uncertainty; see "
+        "planning/workflow/dose_stage.py for sources.",
         *val_paragraphs,
         "Kinetics: VOI TACs on the CT grid; hybrid voxel TIA (voxel mono-exponential shape "
         "scaled to each VOI's selected fit) on the SPECT grid.",

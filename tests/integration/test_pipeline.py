@@ -125,6 +125,8 @@ def test_pipeline_with_the_deep_engine_carries_its_model_sigma(dicom_patient):
     comps = liver["sigma_components_relative"]
     assert comps["deep_model"] > 0 and comps["engine_statistics"] == 0.0
     assert comps["dose_conversion"] == pytest.approx(0.02)
+    # the far-field photon term's own uncertainty: 10 % of a part of the liver's dose
+    assert 0.0 < comps["far_field"] < 0.10
     results = load_results(work / "report" / "results.json")
     assert next(v for v in results.vois if v.name == "liver").mean_dose_gy > 0
 

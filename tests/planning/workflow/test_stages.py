@@ -133,3 +133,30 @@ def test_partial_volume_correction_brings_organs_to_truth(prepared):
             assert after < before, (name, before, after)
         # The correction's sensitivity to the FWHM enlarges the uncertainty.
         assert pvc[name].tia_sigma_bq_s >= plain[name].tia_sigma_bq_s * 0.999
+
+
+def test_far_field_term_of_the_dose_uncertainty():
+    """The dose stage recomputes the far-field photon dose an engine added (from its metadata)
+    on the label grid, for its 10 % uncertainty term; engines that added none give None."""
+    from dosimetry.dose.engines import dose_dvk, dose_led
+    from dosimetry.dose.kernels import Kernel
+    from planning.workflow.dose_stage import far_field_on
+
+    tia = np.zeros((12, 12, 12), dtype=np.float32)
+    tia[6, 6, 6] = 1e9
+    img = sitk.GetImageFromArray(tia)
+    img.SetSpacing((6.0, 6.0, 6.0))
+    k = np.zeros((3, 3, 3), dtype=np.float32)
+    k[1, 1, 1] = 1.0
+    kimg = sitk.GetImageFromArray(k)
+    kimg.SetSpacing((6.0, 6.0, 6.0))
+    dvk = dose_dvk(img, "Lu-177", kernel=Kernel(kimg, None, {"nuclide": "Lu-177",
+                                                              "emissions": ["gamma", "x"]}))
+    near = dose_dvk(img, "Lu-177", kernel=Kernel(kimg, None, {"nuclide": "Lu-177",
+                                                               "emissions": ["gamma", "x"]}),
+                    far_field=False)
+    tail = far_field_on(dvk, img, img)
+    added = sitk.GetArrayFromImage(dvk.dose) - sitk.GetArrayFromImage(near.dose)
+    np.testing.assert_allclose(tail, added, rtol=1e-4, atol=1e-6 * float(added.max()))
+    assert far_field_on(near, img, img) is None
+    assert far_field_on(dose_led(img, "Lu-177"), img, img) is None
