@@ -497,7 +497,7 @@ def dose_deep(
     *,
     weights: str | None = None,
     device: str = "cpu",
-    tile: int = 96,
+    tile: int = 192,
     emissions: str | Iterable[Emission | str] | None = None,
     seed: int = 0,
     kernel_decays: int = 2_000_000,
@@ -519,8 +519,11 @@ def dose_deep(
     device : str
         ``cpu``, ``cuda`` or ``cuda:N`` for the network.
     tile : int
-        Edge (voxels) of the blocks the volume is processed in (memory bound); the result does
-        not depend on it (each block gets the network's full context).
+        Edge (voxels) of the blocks the volume is processed in; the result does not depend on
+        it (each block gets the network's full context of 15 voxels, recomputed where blocks
+        meet, so fewer blocks are faster: a 99×76×175 patient took 45 s as four 96-voxel
+        blocks and 32 s as one). Memory grows with it: one 192³ block needs about 3 GB on
+        the CPU (1.1 GB measured for 1.3 M voxels).
     emissions : optional
         Must be all radiations (the networks were trained on the full emission spectrum).
     seed, kernel_decays, cache_dir
