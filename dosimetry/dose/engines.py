@@ -522,8 +522,8 @@ def dose_deep(
         Edge (voxels) of the blocks the volume is processed in; the result does not depend on
         it (each block gets the network's full context of 15 voxels, recomputed where blocks
         meet, so fewer blocks are faster: a 99×76×175 patient took 45 s as four 96-voxel
-        blocks and 32 s as one). Memory grows with it: one 192³ block needs about 3 GB on
-        the CPU (1.1 GB measured for 1.3 M voxels).
+        blocks and 32 s as one). Memory grows with it: the network added 0.3 GB of peak
+        memory for one block of 1.3 M voxels, so about 2 GB for a full 192³ block.
     emissions : optional
         Must be all radiations (the networks were trained on the full emission spectrum).
     seed, kernel_decays, cache_dir
