@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from dosimetry.devices import check_torch_device
 from dosimetry.errors import InputError
 
 __all__ = [
@@ -107,19 +108,6 @@ class DenoiseResult:
     warnings: tuple[str, ...] = field(default=())
 
 
-def _check_device(device: str) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; use "
-                         "--device cpu")
-    return str(dev)
-
-
 def save_model(net, path: str | os.PathLike[str], card: dict[str, Any]) -> tuple[Path, Path]:
     """Write the state dict (float32, atomically) and its model card beside it.
 
@@ -166,7 +154,7 @@ def load_model(path: str | os.PathLike[str] | None = None, device: str = "cpu", 
 
     from dosimetry.enhancement.model import DenoiserConfig, build_denoiser
 
-    dev = _check_device(device)
+    dev = check_torch_device(device)
     wpath = Path(path) if path is not None else WEIGHTS_DIR / f"{DENOISER_MODEL}.pt"
     cpath = wpath.with_suffix(".json")
     if not wpath.is_file():

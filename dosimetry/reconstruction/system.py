@@ -68,6 +68,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dosimetry import units
+from dosimetry.devices import check_torch_device
 from dosimetry.errors import DependencyError, GeometryError, InputError
 from dosimetry.reconstruction.collimator import PSFModel
 from dosimetry.reconstruction.geometry import ObjectGeometry
@@ -128,14 +129,7 @@ def pytomography_session(device: str = "cpu") -> Iterator[Any]:
     """
     import torch
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"device {device!r} is not a torch device ({exc}); use cpu or "
-                         "cuda") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; use "
-                         "--device cpu")
+    dev = torch.device(check_torch_device(device))
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"device {device!r}: only cpu and cuda are supported")
     pt = _import_pytomography()

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from dosimetry.devices import check_torch_device
 from dosimetry.errors import InputError
 from dosimetry.segmentation.grid import argmax_upsampled, resample_to, working_grid
 from dosimetry.segmentation.labelmap import LabelEntry, LabelMap, LabelTable, label_image
@@ -141,7 +142,7 @@ def load_model(stem: str = ORGAN_MODEL, weights_dir: str | os.PathLike[str] | No
 
     from dosimetry.segmentation.unet import UNetConfig, build_unet
 
-    dev = _check_device(device)
+    dev = check_torch_device(device)
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     if weights_dir is None and not (folder / f"{stem}.json").is_file():
         raise InputError(
@@ -184,19 +185,6 @@ def load_model(stem: str = ORGAN_MODEL, weights_dir: str | os.PathLike[str] | No
     module.eval()
     module.to(dev)
     return LoadedModel(module=module, card=card, device=dev)
-
-
-def _check_device(device: str) -> str:
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"device {device!r} is not a torch device ({exc})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but CUDA is not available here; use "
-                         "--device cpu")
-    return str(dev)
 
 
 def ct_channels(hu: np.ndarray) -> np.ndarray:
